@@ -1,0 +1,31 @@
+"""llmframe: one LLM request per row, balanced over OpenAI-compatible endpoints.
+
+>>> import llmframe  # doctest: +SKIP
+>>> llmframe.run_file("requests.jsonl", endpoints=["http://127.0.0.1:8000/v1"], rps=100)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import Endpoint, RunConfig
+from ._engine import Result, RunStats, stream_results
+from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError
+from ._jsonl import iter_rows
+
+try:
+    __version__ = version("llmframe")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ConfigError",
+    "Endpoint",
+    "InputFileError",
+    "Interrupted",
+    "LLMFrameError",
+    "Result",
+    "RunConfig",
+    "RunStats",
+    "__version__",
+    "iter_rows",
+    "stream_results",
+]

@@ -1,0 +1,280 @@
+"""Validated configuration: ``Endpoint`` and ``RunConfig``.
+
+Both are frozen and keyword-only past the first argument, and validate on construction, so a
+bad value fails with a :class:`ConfigError` before any request is sent. Neither holds an API
+key: an endpoint names the environment variable the key is read from when a run starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "API", "Endpoint", "EndpointLike", "RunConfig", "coerce_endpoints", "parse_endpoint_spec",
+]
+
+API = Literal["chat", "completions", "raw"]
+_APIS = ("chat", "completions", "raw")
+_API_PATHS = {
+    "chat": "/chat/completions", "completions": "/completions", "raw": "/chat/completions",
+}
+_EXPLICIT_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.I)
+
+
+def _positive(name: str, value: Any, where: str, *, integer: bool = False) -> None:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        kind = "an integer" if integer else "a number"
+        msg = f"{where}: {name} must be {kind} > 0, got {value!r}"
+        raise ConfigError(msg)
+    if not (value > 0 and math.isfinite(value)):
+        msg = f"{where}: {name} must be > 0, got {value!r}"
+        raise ConfigError(msg)
+
+
+def redact_url(url: str) -> str:
+    """Drop any ``user:password@`` part of a URL so it can be shown."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Endpoint:
+    """One OpenAI-compatible server.
+
+    ``url`` is a base such as ``http://127.0.0.1:8000/v1``; the API path
+    (``/chat/completions`` or ``/completions``) is appended unless the URL already ends with
+    one. The key, if any, is read from the environment variable ``api_key_env`` at run time
+    and sent as ``Authorization: Bearer ...`` to this endpoint only.
+
+    >>> Endpoint("http://127.0.0.1:8000/v1", weight=3, api_key_env="OPENAI_API_KEY")
+    Endpoint('http://127.0.0.1:8000/v1', weight=3, api_key_env='OPENAI_API_KEY')
+    """
+
+    url: str
+    _: KW_ONLY
+    model: str | None = None
+    weight: float = 1.0
+    api_key_env: str | None = None
+    headers: Mapping[str, str] | None = field(default=None, compare=False)
+    rps: float | None = None
+    max_concurrency: int | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"endpoint {redact_url(str(self.url))!r}"
+        if not isinstance(self.url, str):
+            msg = f"endpoint url must be a string, got {self.url!r}"
+            raise ConfigError(msg)
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            msg = f"{where}: url must be an http:// or https:// URL with a host"
+            raise ConfigError(msg)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            msg = f"{where}: url has an invalid port"
+            raise ConfigError(msg) from None
+        _positive("weight", self.weight, where)
+        if self.rps is not None:
+            _positive("rps", self.rps, where)
+        if self.max_concurrency is not None:
+            _positive("max_concurrency", self.max_concurrency, where, integer=True)
+        if self.timeout is not None:
+            _positive("timeout", self.timeout, where)
+        if self.model is not None and not isinstance(self.model, str):
+            msg = f"{where}: model must be a string, got {self.model!r}"
+            raise ConfigError(msg)
+        if self.api_key_env is not None and (
+            not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env)
+        ):
+            msg = (
+                f"{where}: api_key_env must be the NAME of an environment variable "
+                "(letters, digits, underscores), not the key itself"
+            )
+            raise ConfigError(msg)
+        if self.headers is not None:
+            if not isinstance(self.headers, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+            ):
+                msg = f"{where}: headers must map strings to strings"
+                raise ConfigError(msg)
+            object.__setattr__(self, "headers", dict(self.headers))
+
+    @property
+    def name(self) -> str:
+        """The URL as it may be shown: without any credentials."""
+        return redact_url(self.url)
+
+    def request_url(self, api: str) -> str:
+        """The URL to POST to for ``api``."""
+        path = urlsplit(self.url).path.rstrip("/")
+        if path.endswith(_EXPLICIT_PATHS):
+            return self.url
+        return self.url.rstrip("/") + _API_PATHS[api]
+
+    def api_key(self) -> str | None:
+        """Read the key from the environment; a named but unset variable is a ConfigError."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            msg = (
+                f"endpoint {self.name!r}: environment variable {self.api_key_env} is not set "
+                f"(set it to the API key, e.g. export {self.api_key_env}=...)"
+            )
+            raise ConfigError(msg)
+        return key
+
+    def __repr__(self) -> str:
+        args = [repr(self.name)]
+        for name in ("model", "weight", "api_key_env", "rps", "max_concurrency", "timeout"):
+            value = getattr(self, name)
+            if value is not None and not (name == "weight" and value == 1.0):
+                args.append(f"{name}={value!r}")
+        if self.headers:
+            shown = {k: ("***" if _SECRET_HEADER.search(k) else v) for k, v in self.headers.items()}
+            args.append(f"headers={shown!r}")
+        return f"Endpoint({', '.join(args)})"
+
+
+EndpointLike = Endpoint | str | Mapping[str, Any]
+
+_ALIASES = {"key_env": "api_key_env", "concurrency": "max_concurrency"}
+_FIELDS = ("url", "model", "weight", "api_key_env", "headers", "rps", "max_concurrency", "timeout")
+
+
+def _endpoint_from_mapping(spec: Mapping[str, Any], where: str) -> Endpoint:
+    kwargs: dict[str, Any] = {}
+    for key, value in spec.items():
+        name = _ALIASES.get(key, key)
+        if name not in _FIELDS:
+            msg = f"{where}: unknown endpoint field {key!r} (expected one of {', '.join(_FIELDS)})"
+            raise ConfigError(msg)
+        kwargs[name] = value
+    if "url" not in kwargs:
+        msg = f"{where}: endpoint has no url"
+        raise ConfigError(msg)
+    url = kwargs.pop("url")
+    return Endpoint(url, **kwargs)
+
+
+def coerce_endpoints(endpoints: EndpointLike | Iterable[EndpointLike] | None) -> list[Endpoint]:
+    """Accept URL strings, dicts or ``Endpoint`` objects (or one of them) and validate.
+
+    >>> coerce_endpoints(["http://a:1/v1", {"url": "http://b:2/v1", "weight": 2}])
+    [Endpoint('http://a:1/v1'), Endpoint('http://b:2/v1', weight=2)]
+    """
+    if endpoints is None:
+        msg = "no endpoints given: pass endpoints=[...] (URLs, dicts or llmframe.Endpoint)"
+        raise ConfigError(msg)
+    if isinstance(endpoints, (str, Endpoint, Mapping)):
+        endpoints = [endpoints]
+    out: list[Endpoint] = []
+    for i, spec in enumerate(endpoints):
+        where = f"endpoints[{i}]"
+        if isinstance(spec, Endpoint):
+            out.append(spec)
+        elif isinstance(spec, str):
+            out.append(parse_endpoint_spec(spec))
+        elif isinstance(spec, Mapping):
+            out.append(_endpoint_from_mapping(spec, where))
+        else:
+            kind = type(spec).__name__
+            msg = f"{where}: expected a URL string, a dict or an Endpoint, got {kind}"
+            raise ConfigError(msg)
+    if not out:
+        msg = "no endpoints given: pass at least one endpoint"
+        raise ConfigError(msg)
+    return out
+
+
+def _number(text: str, key: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{where}: {key} must be a number, got {text!r}"
+        raise ConfigError(msg) from None
+    return int(value) if key in ("max_concurrency", "concurrency") and value.is_integer() else value
+
+
+def parse_endpoint_spec(spec: str) -> Endpoint:
+    """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,concurrency=N``.
+
+    >>> parse_endpoint_spec("url=http://127.0.0.1:8000/v1,weight=3,concurrency=64")
+    Endpoint('http://127.0.0.1:8000/v1', weight=3.0, max_concurrency=64)
+    """
+    spec = spec.strip()
+    if spec.startswith(("http://", "https://")) or "=" not in spec:
+        return Endpoint(spec)
+    where = f"endpoint spec {redact_url(spec)!r}"
+    fields: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            msg = f"{where}: expected key=value, got {part!r}"
+            raise ConfigError(msg)
+        if key in ("weight", "rps", "timeout", "concurrency", "max_concurrency"):
+            fields[key] = _number(value.strip(), key, where)
+        else:
+            fields[key] = value.strip()
+    return _endpoint_from_mapping(fields, where)
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything a run needs besides its rows. Validated on construction.
+
+    ``rps`` is the global request rate (retries included), ``concurrency`` the global bound
+    on requests in flight, ``timeout`` the per-attempt timeout in seconds.
+    """
+
+    endpoints: tuple[Endpoint, ...]
+    _: KW_ONLY
+    rps: float | None = None
+    concurrency: int = 256
+    max_attempts: int = 5
+    timeout: float = 60.0
+    api: API = "chat"
+    model: str | None = None
+    system: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    max_retry_after: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))
+        if self.rps is not None:
+            _positive("rps", self.rps, "run")
+        _positive("concurrency", self.concurrency, "run", integer=True)
+        _positive("max_attempts", self.max_attempts, "run", integer=True)
+        _positive("timeout", self.timeout, "run")
+        if self.api not in _APIS:
+            msg = f"run: api must be one of {', '.join(_APIS)}, got {self.api!r}"
+            raise ConfigError(msg)
+        if not isinstance(self.params, Mapping):
+            msg = f"run: params must be a dict, got {type(self.params).__name__}"
+            raise ConfigError(msg)
+        object.__setattr__(self, "params", dict(self.params))
+        reserved = {"messages", "prompt"} & set(self.params)
+        if reserved:
+            msg = f"run: params may not set {', '.join(sorted(reserved))} (they come from the rows)"
+            raise ConfigError(msg)
+        for ep in self.endpoints:
+            ep.api_key()  # a named but unset key variable fails now, not at the first request

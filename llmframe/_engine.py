@@ -1,0 +1,437 @@
+"""The async run: pacing, concurrency bounds, balancing, retries, one result per row.
+
+One dispatcher coroutine takes rows (and retries that are due), waits for a free slot and
+for the global pacer, picks an eligible endpoint and starts one task per attempt. Each task
+ends in a success, a final error, or a retry scheduled with ``loop.call_later`` — never a
+sleeping task holding a slot. Results are handed to the consumer in batches as they complete.
+
+Everything loop-bound (``ClientSession``, limiters, futures) is created inside the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+
+from ._balancer import SmoothWeightedRoundRobin
+from ._config import Endpoint, RunConfig
+from ._protocols import Prepared, RowError, encode, parse_response, prepare
+from ._retry import AttemptError, RetryPolicy, is_retryable_status, parse_retry_after
+
+__all__ = ["EndpointStats", "Result", "Row", "RunStats", "stream_results"]
+
+#: An input row: (index, payload, reason). ``reason`` is set for a line that could not even
+#: be read (not JSON, bad encoding); such a row becomes an error result without a request.
+Row = tuple[int, Any, "str | None"]
+
+_BODY_EXCERPT = 300
+_RESERVOIR = 20_000
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+
+
+@dataclass(slots=True)
+class Result:
+    """The one outcome of one row: a response or an error (never both)."""
+
+    index: int
+    payload: Any
+    response: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    status: int | None = None
+    attempts: int = 0
+    endpoint: str | None = None
+    latency: float | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    name: str
+    sent: int = 0
+    ok: int = 0
+    failed_attempts: int = 0
+    latencies: list[float] = field(default_factory=list)
+    _seen: int = 0
+
+    def record_latency(self, value: float) -> None:
+        # reservoir sample: bounded memory on runs of millions of rows
+        self._seen += 1
+        if len(self.latencies) < _RESERVOIR:
+            self.latencies.append(value)
+        else:
+            j = random.randrange(self._seen)
+            if j < _RESERVOIR:
+                self.latencies[j] = value
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters a run keeps up to date; read them for progress and the final summary."""
+
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    endpoints: list[EndpointStats] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.errors
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Remove API keys (and any bearer token) from text that may be shown or stored."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _BEARER.sub(r"\1***", text)
+
+
+class _Job:
+    __slots__ = ("attempts", "index", "last_endpoint", "payload", "prepared")
+
+    def __init__(self, index: int, payload: Any, prepared: Prepared) -> None:
+        self.index = index
+        self.payload = payload
+        self.prepared = prepared
+        self.attempts = 0
+        self.last_endpoint = -1
+
+
+class _Target:
+    """Run-time state of one endpoint (loop-bound: built inside the run)."""
+
+    __slots__ = ("endpoint", "headers", "in_flight", "index", "limiter", "max_in_flight", "model",
+                 "name", "stats", "timeout", "url")
+
+    def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.url = endpoint.request_url(config.api)
+        self.model = endpoint.model or config.model
+        headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
+        key = endpoint.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.headers = headers
+        self.timeout = aiohttp.ClientTimeout(total=endpoint.timeout or config.timeout)
+        self.limiter = _pacer(endpoint.rps) if endpoint.rps else None
+        self.max_in_flight = endpoint.max_concurrency or 1 << 30
+        self.in_flight = 0
+        self.stats = EndpointStats(self.name)
+
+    def eligible(self) -> bool:
+        if self.in_flight >= self.max_in_flight:
+            return False
+        return self.limiter is None or self.limiter.has_capacity()
+
+
+def _pacer(rps: float) -> AsyncLimiter:
+    """A smooth limiter: a bucket of 1/100 s worth of requests (at least 1), refilled
+    continuously, so no burst of a whole second's budget ever goes out at once."""
+    bucket = max(1.0, rps / 100)
+    return AsyncLimiter(bucket, bucket / rps)
+
+
+class _Run:
+    def __init__(self, rows: Iterable[Row], config: RunConfig, stats: RunStats) -> None:
+        self.config = config
+        self.rows = rows
+        self.stats = stats
+        self.policy = RetryPolicy.build(
+            max_attempts=config.max_attempts,
+            initial=config.backoff_initial,
+            maximum=config.backoff_max,
+            max_retry_after=config.max_retry_after,
+        )
+        self.done: list[Result] = []
+        self.retry_ready: deque[_Job] = deque()
+        self.retry_pending = 0
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dispatch_wake: asyncio.Future[None] | None = None
+        self.consumer_wake: asyncio.Future[None] | None = None
+        self.finished = False
+        self.secrets: list[str] = []
+
+    # -- waking ---------------------------------------------------------------------------
+    def _wake_dispatcher(self, *_: Any) -> None:
+        fut = self.dispatch_wake
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _wake_consumer(self) -> None:
+        fut = self.consumer_wake
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _sleep_until_woken(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.dispatch_wake = fut = loop.create_future()
+        handle = loop.call_later(timeout, self._wake_dispatcher) if timeout else None
+        try:
+            await fut
+        finally:
+            self.dispatch_wake = None
+            if handle is not None:
+                handle.cancel()
+
+    def _emit(self, result: Result) -> None:
+        stats = self.stats
+        if result.error is None:
+            stats.ok += 1
+        else:
+            stats.errors += 1
+        self.done.append(result)
+        self._wake_consumer()
+
+    # -- dispatch -------------------------------------------------------------------------
+    def _job(self, row: Row) -> _Job | None:
+        index, payload, reason = row
+        self.stats.rows += 1
+        if reason is None:
+            try:
+                prepared = prepare(
+                    payload, self.config.api, system=self.config.system, params=self.config.params
+                )
+            except RowError as exc:
+                reason = str(exc)
+            else:
+                return _Job(index, payload, prepared)
+        self._emit(Result(index, payload, error=reason, error_type="invalid_input"))
+        return None
+
+    def _pick(self, job: _Job) -> _Target | None:
+        targets = self.targets
+        last = job.last_endpoint
+        if last >= 0 and len(targets) > 1:
+            i = self.balancer.pick(lambda i: i != last and targets[i].eligible())
+            if i is not None:
+                return targets[i]
+        i = self.balancer.pick(lambda i: targets[i].eligible())
+        return None if i is None else targets[i]
+
+    async def dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        rows = iter(self.rows)
+        exhausted = False
+        limiter = self.limiter
+        concurrency = self.config.concurrency
+        stats = self.stats
+        while True:
+            if self.retry_ready:
+                job = self.retry_ready.popleft()
+            elif not exhausted:
+                row = next(rows, None)
+                if row is None:
+                    exhausted = True
+                    continue
+                job = self._job(row)
+                if job is None:
+                    continue
+            elif self.in_flight or self.retry_pending:
+                await self._sleep_until_woken()
+                continue
+            else:
+                break
+            while self.in_flight >= concurrency:
+                await self._sleep_until_woken()
+            if limiter is not None:
+                await limiter.acquire()
+            target = self._pick(job)
+            while target is None:
+                await self._sleep_until_woken(0.002)
+                target = self._pick(job)
+            if target.limiter is not None:
+                await target.limiter.acquire()
+            self.in_flight += 1
+            stats.in_flight = self.in_flight
+            target.in_flight += 1
+            task = loop.create_task(self._attempt(job, target))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        self.finished = True
+        self._wake_consumer()
+
+    def _requeue(self, job: _Job) -> None:
+        self.retry_pending -= 1
+        self.retry_ready.append(job)
+        self._wake_dispatcher()
+
+    # -- one attempt ----------------------------------------------------------------------
+    async def _attempt(self, job: _Job, target: _Target) -> None:
+        loop = asyncio.get_running_loop()
+        job.attempts += 1
+        target.stats.sent += 1
+        api = self.config.api
+        started = perf_counter()  # uvloop's loop.time() only has millisecond resolution
+        error: AttemptError | None = None
+        try:
+            try:
+                body = encode(job.prepared, target.model)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                error = AttemptError("invalid_input", f"row cannot be encoded as JSON: {exc}")
+            else:
+                async with self.session.post(
+                    target.url, data=body, headers=target.headers, timeout=target.timeout
+                ) as resp:
+                    data = await resp.read()
+                    status = resp.status
+                    if status != 200:
+                        error = self._http_error(status, resp.headers, data, target)
+                if error is None:
+                    answer = parse_response(api, data)
+        except AttemptError as exc:
+            error = exc
+        except asyncio.TimeoutError:
+            error = AttemptError(
+                "timeout", f"no answer within {target.timeout.total:g} s", retryable=True
+            )
+        except aiohttp.ClientError as exc:
+            detail = redact(str(exc), self.secrets) or type(exc).__name__
+            error = AttemptError("connection_error", f"{type(exc).__name__}: {detail}",
+                                 retryable=True)
+        except OSError as exc:
+            error = AttemptError("connection_error", f"{type(exc).__name__}: {exc}",
+                                 retryable=True)
+        finally:
+            self.in_flight -= 1
+            self.stats.in_flight = self.in_flight
+            target.in_flight -= 1
+            self._wake_dispatcher()
+        latency = perf_counter() - started
+        if error is None:
+            target.stats.ok += 1
+            target.stats.record_latency(latency)
+            self._emit(Result(
+                job.index, job.payload, response=answer.text, attempts=job.attempts,
+                endpoint=target.name, latency=latency, finish_reason=answer.finish_reason,
+                prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+            ))
+            return
+        target.stats.failed_attempts += 1
+        wait = self.policy.next_wait(job.attempts, error)
+        if wait is None:
+            self._emit(self._final_error(job, target, error, latency))
+            return
+        self.stats.retries += 1
+        job.last_endpoint = target.index
+        self.retry_pending += 1
+        loop.call_later(wait, self._requeue, job)
+
+    def _http_error(self, status: int, headers: Any, data: bytes, target: _Target) -> AttemptError:
+        excerpt = redact(data[:_BODY_EXCERPT].decode("utf-8", "replace"), self.secrets)
+        return AttemptError(
+            "http_error", f"HTTP {status}", status=status,
+            retryable=is_retryable_status(status),
+            retry_after=parse_retry_after(headers) if status in (429, 503) else None,
+            body=excerpt,
+        )
+
+    def _final_error(self, job: _Job, target: _Target, error: AttemptError,
+                     latency: float) -> Result:
+        tries = "attempt" if job.attempts == 1 else "attempts"
+        message = f"{error} from {target.name} after {job.attempts} {tries}"
+        if error.body:
+            message += f": {' '.join(error.body.split())}"
+        return Result(
+            job.index, job.payload, error=redact(message, self.secrets), error_type=error.kind,
+            status=error.status, attempts=job.attempts, endpoint=target.name, latency=latency,
+        )
+
+    # -- the run --------------------------------------------------------------------------
+    async def batches(self) -> AsyncIterator[list[Result]]:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self.targets = [_Target(i, ep, config) for i, ep in enumerate(config.endpoints)]
+        self.secrets = [k for ep in config.endpoints if (k := ep.api_key())]
+        self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
+        self.limiter = _pacer(config.rps) if config.rps else None
+        if self.limiter is not None:
+            # start with a full bucket so the first instant is paced like every other
+            await self.limiter.acquire(self.limiter.max_rate)
+        self.stats.endpoints = [t.stats for t in self.targets]
+        connector = aiohttp.TCPConnector(
+            limit=config.concurrency, limit_per_host=0, ttl_dns_cache=None,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
+        )
+        self.stats.started = loop.time()
+        gc.freeze()  # objects alive before the run are not rescanned by every collection
+        dispatcher = loop.create_task(self.dispatch())
+        try:
+            while True:
+                if self.done:
+                    batch, self.done = self.done, []
+                    yield batch
+                    continue
+                if self.finished:
+                    break
+                if dispatcher.done():
+                    dispatcher.result()  # re-raise an unexpected dispatcher failure
+                self.consumer_wake = loop.create_future()
+                try:
+                    await asyncio.wait((self.consumer_wake, dispatcher),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self.consumer_wake = None
+        finally:
+            self.stats.finished = loop.time()
+            dispatcher.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            with _suppress_cancel():
+                await asyncio.gather(dispatcher, return_exceptions=True)
+            await self.session.close()
+            gc.unfreeze()
+
+
+class _suppress_cancel:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return exc[0] is asyncio.CancelledError
+
+
+async def stream_results(
+    rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None
+) -> AsyncIterator[list[Result]]:
+    """Send one request per row and yield batches of results as they complete.
+
+    Every row yields exactly one :class:`Result`. ``stats`` (optional) is kept up to date
+    for progress display. Closing the generator (or cancelling its task) stops the run.
+
+    >>> async def main(url):  # doctest: +SKIP
+    ...     rows = [(0, {"input": "hi"}, None)]
+    ...     async for batch in stream_results(rows, RunConfig([url])):
+    ...         print(batch[0].response)
+    """
+    run = _Run(rows, config, stats if stats is not None else RunStats())
+    async for batch in run.batches():
+        yield batch

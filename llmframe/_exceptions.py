@@ -1,0 +1,38 @@
+"""Exceptions raised by llmframe.
+
+The tree::
+
+    LLMFrameError
+    ├── ConfigError      bad endpoints/options; raised before any request is sent
+    └── InputFileError   the requests file cannot be opened or read
+
+    Interrupted (KeyboardInterrupt)   a run stopped by Ctrl-C / a kernel interrupt
+
+Errors of single rows are never raised: they become error rows (see ``Result``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError"]
+
+
+class LLMFrameError(Exception):
+    """Base class of every error llmframe raises."""
+
+
+class ConfigError(LLMFrameError, ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+class InputFileError(LLMFrameError, OSError):
+    """The input file is missing or unreadable."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was interrupted; ``partial`` holds what was answered before the stop."""
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial

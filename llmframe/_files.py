@@ -1,0 +1,71 @@
+"""The file workflow: requests JSONL in, save and errors JSONL out, as results complete."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._config import RunConfig
+from ._engine import RunStats, stream_results
+from ._jsonl import JsonlWriter, error_record, iter_rows, success_record
+from ._summary import Progress
+
+__all__ = ["FileRun", "count_lines", "default_paths", "run_file_async"]
+
+
+def default_paths(requests: Path) -> tuple[Path, Path]:
+    """``data/x.jsonl`` -> ``data/x.save.jsonl``, ``data/x.errors.jsonl``."""
+    stem = requests.name[: -len(".jsonl")] if requests.name.endswith(".jsonl") else requests.name
+    return requests.with_name(f"{stem}.save.jsonl"), requests.with_name(f"{stem}.errors.jsonl")
+
+
+def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
+    """Non-blank-ish line count for the progress total (None for very large files)."""
+    try:
+        if path.stat().st_size > limit_bytes:
+            return None
+        count = 0
+        last = b"\n"
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                count += chunk.count(b"\n")
+                last = chunk[-1:]
+        return count + (last != b"\n")
+    except OSError:
+        return None
+
+
+@dataclass
+class FileRun:
+    """One run over a requests file. ``stats`` fills in as the run goes."""
+
+    requests: Path
+    save: Path
+    errors: Path
+    config: RunConfig
+    progress: bool = True
+    stats: RunStats = field(default_factory=RunStats)
+    on_batch: Callable[[int], None] | None = None
+
+
+async def run_file_async(run: FileRun) -> RunStats:
+    """Stream ``run.requests`` through the engine, writing both files as results complete."""
+    rows = iter_rows(run.requests)
+    total = count_lines(run.requests) if run.progress else None
+    with JsonlWriter(run.save) as save, JsonlWriter(run.errors) as errors:
+        bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))
+        try:
+            async for batch in stream_results(rows, run.config, run.stats):
+                for result in batch:
+                    if result.error is None:
+                        save.write(success_record(result))
+                    else:
+                        errors.write(error_record(result))
+                save.tick()
+                errors.tick()
+                bar.update(len(batch))
+        finally:
+            bar.close()
+    return run.stats

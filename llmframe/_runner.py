@@ -1,0 +1,77 @@
+"""Run a coroutine from synchronous code, in a script or inside Jupyter's running loop.
+
+The coroutine always runs on a fresh event loop (uvloop where available) in a worker thread.
+That works the same whether or not the calling thread already runs a loop (Jupyter's
+kernel does), needs no patching of the caller's loop (nest-asyncio is archived and cannot
+patch uvloop), and leaves the calling thread free to receive Ctrl-C / a kernel interrupt: on
+an interrupt the run's task is cancelled, given ``grace`` seconds to clean up, and
+``KeyboardInterrupt`` is re-raised in the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+__all__ = ["new_event_loop", "run_sync"]
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new uvloop loop where uvloop is installed, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0) -> T:
+    """Run ``main()`` to completion on its own loop in a worker thread and return its value."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def target() -> None:
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            task = loop.create_task(_as_coro(main))
+            box["loop"], box["task"] = loop, task
+            ready.set()
+            box["value"] = loop.run_until_complete(task)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            ready.set()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    thread = threading.Thread(target=target, name="llmframe-run", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+    except KeyboardInterrupt:
+        ready.wait()
+        loop, task = box.get("loop"), box.get("task")
+        if loop is not None and task is not None and not loop.is_closed():
+            # RuntimeError: the loop closed in between, so there is nothing left to cancel
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join(grace)
+        raise
+    error = box.get("error")
+    if error is not None:
+        raise error
+    return box["value"]
+
+
+async def _as_coro(main: Callable[[], Awaitable[T]]) -> T:
+    return await main()

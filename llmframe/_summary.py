@@ -1,0 +1,100 @@
+"""Progress bar and end-of-run summary."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ._engine import RunStats
+
+__all__ = ["Progress", "format_summary"]
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+@dataclass(slots=True)
+class EndpointLine:
+    name: str
+    weight: float
+    sent: int
+    ok: int
+    failed_attempts: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
+    lines = []
+    for ep, weight in zip(stats.endpoints, weights, strict=True):
+        lat = sorted(ep.latencies)
+        p50, p95 = _quantile(lat, 0.5), _quantile(lat, 0.95)
+        lines.append(EndpointLine(
+            ep.name, weight, ep.sent, ep.ok, ep.failed_attempts,
+            None if p50 is None else p50 * 1000, None if p95 is None else p95 * 1000,
+        ))
+    return lines
+
+
+def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, str] | None = None,
+                   interrupted: bool = False) -> str:
+    """A few lines a person reads at the end of a run."""
+    elapsed = max(stats.finished - stats.started, 1e-9) if stats.finished else 0.0
+    rate = stats.done / elapsed if elapsed else 0.0
+    head = "interrupted after" if interrupted else "done:"
+    out = [
+        f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s): "
+        f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries"
+    ]
+    rows = endpoint_lines(stats, weights)
+    if rows:
+        width = max(len(r.name) for r in rows)
+        out.append(f"  {'endpoint':<{width}}  weight  {'sent':>8}  {'ok':>8}  {'failed':>7}  "
+                   f"{'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
+        total_ok = sum(r.ok for r in rows) or 1
+        for r in rows:
+            p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.1f}"
+            p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.1f}"
+            label = (labels or {}).get(r.name, "")
+            out.append(
+                f"  {r.name:<{width}}  {r.weight:>6g}  {r.sent:>8,}  {r.ok:>8,}  "
+                f"{r.failed_attempts:>7,}  {r.ok / total_ok:>6.1%}  {p50:>8}  {p95:>8}"
+                + (f"  {label}" if label else "")
+            )
+    return "\n".join(out)
+
+
+class Progress:
+    """A tqdm bar fed with result batches; shows rate, ok, errors, retries, in flight."""
+
+    def __init__(self, stats: RunStats, total: int | None, *, enabled: bool, desc: str = "llm",
+                 **tqdm_kwargs: Any) -> None:
+        self.stats = stats
+        self.bar = tqdm(total=total, disable=not enabled, unit="row", desc=desc,
+                        dynamic_ncols=True, mininterval=0.25, **tqdm_kwargs)
+        self._last = 0.0
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        now = time.monotonic()
+        if now - self._last > 0.5:
+            self._last = now
+            self._postfix()
+
+    def _postfix(self) -> None:
+        s = self.stats
+        self.bar.set_postfix(ok=s.ok, err=s.errors, retries=s.retries, inflight=s.in_flight,
+                             refresh=False)
+
+    def close(self) -> None:
+        self._postfix()
+        self.bar.close()

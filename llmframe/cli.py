@@ -1,0 +1,284 @@
+"""The ``llmframe`` command line.
+
+Exit codes of ``llmframe run``: 0 every row answered; 1 some rows ended as errors (see the
+errors file); 2 bad usage or configuration (nothing was sent); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from . import __version__
+from ._config import Endpoint, RunConfig, coerce_endpoints, parse_endpoint_spec
+from ._exceptions import ConfigError, InputFileError
+from ._files import FileRun, default_paths, run_file_async
+from ._runner import run_sync
+from ._summary import format_summary
+
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageProblem(click.ClickException):
+    """A problem the user can fix; exit code 2, nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"--param expects KEY=VALUE, got {text!r}"
+        raise UsageProblem(msg)
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _load_endpoints_file(path: Path) -> list[Endpoint]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        msg = f"endpoints file not found: {path}"
+        raise UsageProblem(msg) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        msg = f"endpoints file {path}: not valid TOML ({exc})"
+        raise UsageProblem(msg) from None
+    specs = doc.get("endpoints", doc.get("endpoint"))
+    if not isinstance(specs, list) or not specs:
+        msg = (f"endpoints file {path}: expected a list of [[endpoints]] tables, "
+               'each with at least url = "http://..."')
+        raise UsageProblem(msg)
+    try:
+        return coerce_endpoints(specs)
+    except ConfigError as exc:
+        msg = f"endpoints file {path}: {exc}"
+        raise UsageProblem(msg) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="llmframe")
+def cli() -> None:
+    """Send one LLM request per JSONL line (or polars row) to OpenAI-compatible endpoints,
+    balanced by weight, rate-limited and retried; every row ends in one response or one
+    error."""
+
+
+@cli.command(context_settings={"show_default": True})
+@click.argument("requests", required=False, type=click.Path(path_type=Path))
+@click.option("--requests_filepath", "requests_alias", type=click.Path(path_type=Path),
+              help="Same as REQUESTS (the original tool's flag).")
+@click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
+              help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,"
+                   "concurrency=N. Repeat for several.")
+@click.option("--endpoints-file", type=click.Path(path_type=Path),
+              help="TOML file with a list of [[endpoints]] tables (url, weight, model, "
+                   "api_key_env, rps, max_concurrency, timeout, headers).")
+@click.option("--mock", type=click.IntRange(min=1, max=64), default=None, metavar="N",
+              help="Start N local test endpoints (weights 1..N) in this process and use them.")
+@click.option("--mock-latency", default="0.02,0.2", metavar="S[,S2]", show_default=True,
+              help="Latency of the --mock endpoints: fixed, or a random range.")
+@click.option("--mock-faults", default="", metavar="KIND=RATE,...",
+              help="Faults of the --mock endpoints, e.g. 429=0.02,500=0.01,drop=0.01.")
+@click.option("--rps", "--max_requests_per_second", "rps", type=float, default=500.0,
+              help="Global limit on requests per second (retries included).")
+@click.option("--concurrency", type=int, default=256, help="Global limit on requests in flight.")
+@click.option("--max-attempts", "--max_attempts", "max_attempts", type=int, default=5,
+              help="Attempts per row, the first included.")
+@click.option("--save", "--save_filepath", "save", type=click.Path(path_type=Path),
+              help="Where answers go. [default: REQUESTS with .save.jsonl]")
+@click.option("--errors", type=click.Path(path_type=Path),
+              help="Where failed rows go. [default: REQUESTS with .errors.jsonl]")
+@click.option("--api", type=click.Choice(["chat", "completions", "raw"]), default="chat",
+              help="chat: {'input'} -> chat completion; completions: -> prompt; raw: POST the "
+                   "line as the body and keep the response JSON.")
+@click.option("--model", help="Model name sent with each request (an endpoint's own wins).")
+@click.option("--system", help="System prompt for chat requests.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Extra body parameter, VALUE parsed as JSON if it can be (temperature=0.2).")
+@click.option("--max-tokens", type=int, help="Shortcut for --param max_tokens=N.")
+@click.option("--timeout", type=float, default=60.0, help="Seconds per attempt.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar. [default: on when stderr is a terminal]")
+def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tuple[str, ...],
+        endpoints_file: Path | None, mock: int | None, mock_latency: str, mock_faults: str,
+        rps: float, concurrency: int, max_attempts: int, save: Path | None, errors: Path | None,
+        api: str, model: str | None, system: str | None, params: tuple[str, ...],
+        max_tokens: int | None, timeout: float, progress: bool | None) -> None:
+    """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
+
+    \b
+    Examples:
+      llmframe run data/requests.jsonl --mock 3
+      llmframe run requests.jsonl -e http://127.0.0.1:8000/v1 -e url=http://127.0.0.1:8001/v1,weight=3
+      llmframe run --requests_filepath r.jsonl --max_requests_per_second 100 --max_attempts 5 \\
+          --save_filepath out.jsonl -e url=https://api.openai.com/v1,key_env=OPENAI_API_KEY
+
+    \b
+    Exit codes: 0 all rows ok; 1 some rows ended as errors; 2 bad usage or configuration
+    (nothing sent); 130 interrupted.
+    """
+    if requests and requests_alias and requests != requests_alias:
+        msg = "give the requests file once: REQUESTS or --requests_filepath"
+        raise UsageProblem(msg)
+    path = requests or requests_alias
+    if path is None:
+        msg = "no requests file: llmframe run REQUESTS.jsonl (see llmframe run --help)"
+        raise UsageProblem(msg)
+    if not path.exists():
+        msg = f"requests file not found: {path}"
+        raise UsageProblem(msg)
+    if path.is_dir():
+        msg = f"requests file is a directory: {path}"
+        raise UsageProblem(msg)
+    body_params = dict(_parse_param(p) for p in params)
+    if max_tokens is not None:
+        body_params["max_tokens"] = max_tokens
+    try:
+        endpoints = [parse_endpoint_spec(s) for s in endpoint_specs]
+        if endpoints_file is not None:
+            endpoints += _load_endpoints_file(endpoints_file)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    if not endpoints and not mock:
+        msg = ("no endpoints: give --endpoint URL (repeatable), --endpoints-file FILE, "
+               "or --mock N for local test endpoints")
+        raise UsageProblem(msg)
+    default_save, default_errors = default_paths(path)
+    save, errors = save or default_save, errors or default_errors
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    with contextlib.ExitStack() as stack:
+        labels: dict[str, str] = {}
+        if mock:
+            endpoints += _start_mocks(stack, mock, mock_latency, mock_faults, labels)
+        try:
+            config = RunConfig(
+                tuple(endpoints), rps=rps, concurrency=concurrency, max_attempts=max_attempts,
+                timeout=timeout, api=api, model=model, system=system,  # type: ignore[arg-type]
+                params=body_params,
+            )
+        except ConfigError as exc:
+            raise UsageProblem(str(exc)) from None
+        if mock:
+            click.echo(f"llmframe: using {mock} local test endpoint(s) started by --mock "
+                       "(not a real LLM: answers echo the prompt)", err=True)
+        job = FileRun(path, save, errors, config, progress=progress)
+        code = _run_job(job, labels)
+    sys.exit(code)
+
+
+def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
+                 labels: dict[str, str]) -> list[Endpoint]:
+    from .testing import MockServer
+
+    try:
+        parts = [float(x) for x in latency.split(",")]
+        lat: float | tuple[float, float] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        fault_rates = {k: float(v) for k, v in (f.split("=", 1) for f in faults.split(",") if f)}
+        servers = [stack.enter_context(MockServer(latency=lat, faults=fault_rates, seed=i,
+                                                  name=f"mock-{i + 1}")) for i in range(n)]
+    except ValueError as exc:
+        msg = f"--mock options: {exc}"
+        raise UsageProblem(msg) from None
+    out = []
+    for i, srv in enumerate(servers):
+        labels[srv.url] = "(local test endpoint)"
+        out.append(Endpoint(srv.url, weight=i + 1))
+    return out
+
+
+def _run_job(job: FileRun, labels: dict[str, str]) -> int:
+    weights = [ep.weight for ep in job.config.endpoints]
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    interrupted = False
+    try:
+        run_sync(lambda: run_file_async(job))
+    except KeyboardInterrupt:
+        interrupted = True
+    except InputFileError as exc:
+        raise UsageProblem(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stats = job.stats
+    if stats.rows == 0 and not interrupted:
+        click.echo(f"llmframe: {job.requests} has no requests (empty file); nothing to do",
+                   err=True)
+        return EXIT_OK
+    click.echo(format_summary(stats, weights, labels=labels, interrupted=interrupted), err=True)
+    click.echo(f"  answers: {job.save}  ({stats.ok:,} lines)", err=True)
+    click.echo(f"  errors:  {job.errors}  ({stats.errors:,} lines)", err=True)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
+
+
+@cli.command("serve-mock", context_settings={"show_default": True})
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", type=int, default=8000, help="0 picks a free port (printed).")
+@click.option("--latency", default="0", metavar="S[,S2]", help="Fixed latency or a random range.")
+@click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
+              help="429, 500, 503, drop, hang or malformed, at a rate in [0, 1]. Repeatable.")
+@click.option("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429.")
+@click.option("--seed", type=int, default=0)
+@click.option("--require-key", envvar="LLMFRAME_MOCK_KEY", default=None,
+              help="Answer 401 unless this bearer key is sent (env LLMFRAME_MOCK_KEY).")
+def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...], retry_after: float,
+               seed: int, require_key: str | None) -> None:
+    """Serve a local OpenAI-compatible test endpoint until interrupted.
+
+    Answers are "echo: <prompt>"; /v1/models and /v1/_stats (counters) are served too.
+    """
+    import asyncio
+
+    from ._runner import new_event_loop
+    from .testing import MockState, serve
+
+    try:
+        parts = [float(x) for x in latency.split(",")]
+        lat: float | tuple[float, float] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        rates = {}
+        for f in faults:
+            kind, _, rate = f.partition("=")
+            rates[kind] = float(rate)
+        state = MockState(latency=lat, faults=rates, retry_after=retry_after, seed=seed,
+                          require_key=require_key)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(serve(state, host, port))
+    actual = server.sockets[0].getsockname()[1]
+    click.echo(f"llmframe mock endpoint listening on http://{host}:{actual}/v1", err=False)
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.add_signal_handler(signal.SIGTERM, loop.stop)
+        loop.run_forever()
+    server.close()
+    loop.close()
+    click.echo(f"served: {dict(state.counts)}", err=True)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

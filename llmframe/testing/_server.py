@@ -1,0 +1,380 @@
+"""A small, fast OpenAI-compatible server for tests, demos and benchmarks.
+
+A raw ``asyncio.Protocol`` speaking just enough HTTP/1.1 (keep-alive, Content-Length) to
+serve ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models`` at tens of thousands
+of requests per second on one core. Answers are derived from the request (``"echo: " +``
+the last user message / the prompt), so a test can check that every row got its own answer.
+
+Latency is fixed or a random range; faults are drawn per request by rate, seeded:
+``429`` (with Retry-After), ``500``, ``503``, ``drop`` (close the connection), ``hang``
+(never answer), ``malformed`` (a 200 whose body is not JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["FAULTS", "MockServer", "MockState", "serve"]
+
+FAULTS = ("429", "500", "503", "drop", "hang", "malformed")
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+            405: b"Method Not Allowed", 429: b"Too Many Requests",
+            500: b"Internal Server Error", 503: b"Service Unavailable"}
+
+
+class MockState:
+    """Configuration and counters of one mock endpoint (shared by all its connections)."""
+
+    def __init__(
+        self,
+        *,
+        latency: float | tuple[float, float] = 0.0,
+        faults: Mapping[str, float] | None = None,
+        retry_after: float | None = 1.0,
+        seed: int | None = 0,
+        require_key: str | None = None,
+        echo_auth: bool = False,
+        name: str = "mock",
+    ) -> None:
+        faults = dict(faults or {})
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            msg = f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}"
+            raise ValueError(msg)
+        if sum(faults.values()) > 1 or any(r < 0 for r in faults.values()):
+            msg = "fault rates must be >= 0 and add up to at most 1"
+            raise ValueError(msg)
+        self.latency = latency
+        self.faults = faults
+        self.retry_after = retry_after
+        self.require_key = require_key
+        self.echo_auth = echo_auth
+        self.name = name
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+        self.auth_seen: Counter[str] = Counter()
+        self.arrivals: list[float] = []
+        self.record_arrivals = False
+        self.connections: set[asyncio.BaseTransport] = set()
+        self._cumulative = []
+        total = 0.0
+        for kind, rate in faults.items():
+            total += rate
+            self._cumulative.append((total, kind))
+
+    def delay(self) -> float:
+        lat = self.latency
+        if isinstance(lat, tuple):
+            return self.rng.uniform(lat[0], lat[1])
+        return lat
+
+    def fault(self) -> str | None:
+        if not self._cumulative:
+            return None
+        x = self.rng.random()
+        for edge, kind in self._cumulative:
+            if x < edge:
+                return kind
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "counts": dict(self.counts)}
+
+
+def _response(status: int, body: bytes, extra: bytes = b"") -> bytes:
+    return b"".join((
+        b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS.get(status, b"Error"), b"\r\n",
+        b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
+        b"\r\n", extra, b"\r\n", body,
+    ))
+
+
+def _error(status: int, message: str, extra: bytes = b"") -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "mock_error", "code": status}})
+    return _response(status, body, extra)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
+    """Status and JSON body for one well-formed request (no faults)."""
+    model = doc.get("model") or state.name
+    if path.endswith(b"/chat/completions"):
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return 400, orjson.dumps(
+                {"error": {"message": "'messages' must be a non-empty list", "code": 400}})
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        prompt = _text_of(users[-1].get("content")) if users else ""
+        text = "echo: " + prompt
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}
+        kind = "chat.completion"
+    elif path.endswith(b"/completions"):
+        prompt = doc.get("prompt")
+        if not isinstance(prompt, str):
+            return 400, orjson.dumps({"error": {"message": "'prompt' must be a string",
+                                                "code": 400}})
+        text = "echo: " + prompt
+        choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
+        kind = "text_completion"
+    else:
+        return 404, orjson.dumps({"error": {"message": "not found", "code": 404}})
+    prompt_tokens = len(prompt.split()) + 1
+    body = orjson.dumps({
+        "id": "mock-1", "object": kind, "created": 0, "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": prompt_tokens + 1,
+                  "total_tokens": 2 * prompt_tokens + 1},
+    })
+    return 200, body
+
+
+_MODELS = orjson.dumps({"object": "list", "data": [
+    {"id": "mock-model", "object": "model", "created": 0, "owned_by": "llmframe"}]})
+
+
+class _Protocol(asyncio.Protocol):
+    __slots__ = ("buf", "closed", "state", "transport")
+
+    def __init__(self, state: MockState) -> None:
+        self.state = state
+        self.buf = bytearray()
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > 65536:
+                    self._send(_error(400, "headers too large"))
+                    self.transport.close()  # type: ignore[union-attr]
+                return
+            head = bytes(buf[:end])
+            lines = head.split(b"\r\n")
+            try:
+                method, path, _version = lines[0].split(b" ", 2)
+            except ValueError:
+                self._send(_error(400, "bad request line"))
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            length = 0
+            auth = None
+            chunked = False
+            for line in lines[1:]:
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"authorization":
+                    auth = value.strip().decode("latin-1")
+                elif key == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+            if chunked:
+                self._send(_error(411, "chunked bodies are not supported; send Content-Length"))
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            body = bytes(buf[end + 4:total])
+            del buf[:total]
+            self.handle(method, path.split(b"?", 1)[0], auth, body)
+
+    def _send(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def handle(self, method: bytes, path: bytes, auth: str | None, body: bytes) -> None:
+        state = self.state
+        counts = state.counts
+        counts["requests"] += 1
+        if state.record_arrivals:
+            state.arrivals.append(time.time())
+        if auth is not None:
+            state.auth_seen[auth] += 1
+        if method == b"GET":
+            if path.endswith(b"/models"):
+                self._send(_response(200, _MODELS))
+            elif path.endswith(b"/_stats"):
+                self._send(_response(200, orjson.dumps(state.stats())))
+            else:
+                self._send(_error(404, "not found"))
+            return
+        if method != b"POST":
+            self._send(_error(405, "method not allowed"))
+            return
+        if state.require_key is not None and auth != f"Bearer {state.require_key}":
+            counts["401"] += 1
+            message = "invalid api key"
+            if state.echo_auth:
+                message += f" (got Authorization: {auth})"
+            self._send(_error(401, message))
+            return
+        fault = state.fault()
+        if fault is not None:
+            counts[fault] += 1
+            self._fault(fault, auth)
+            return
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            counts["400"] += 1
+            self._send(_error(400, "body is not valid JSON"))
+            return
+        if not isinstance(doc, dict):
+            counts["400"] += 1
+            self._send(_error(400, "body must be a JSON object"))
+            return
+        status, payload = answer(path, doc, state)
+        counts["ok" if status == 200 else str(status)] += 1
+        self._later(_response(status, payload))
+
+    def _later(self, data: bytes) -> None:
+        delay = self.state.delay()
+        if delay <= 0:
+            self._send(data)
+        else:
+            asyncio.get_running_loop().call_later(delay, self._send, data)
+
+    def _fault(self, fault: str, auth: str | None) -> None:
+        state = self.state
+        if fault == "hang":
+            return
+        if fault == "drop":
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        if fault == "malformed":
+            self._later(_response(200, b'{"choices": [{"message": {"content": "tru'))
+            return
+        status = int(fault)
+        extra = b""
+        if status == 429 and state.retry_after is not None:
+            extra = f"Retry-After: {state.retry_after:g}\r\n".encode()
+        message = f"mock fault {status}"
+        if state.echo_auth and auth:
+            message += f" (Authorization: {auth})"
+        self._later(_error(status, message, extra))
+
+
+async def serve(state: MockState, host: str = "127.0.0.1", port: int = 0,
+                sock: socket.socket | None = None) -> asyncio.AbstractServer:
+    """Start serving ``state`` on the running loop; returns the asyncio server."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        return await loop.create_server(lambda: _Protocol(state), sock=sock, backlog=4096)
+    return await loop.create_server(lambda: _Protocol(state), host, port, backlog=4096,
+                                    reuse_address=True)
+
+
+class MockServer:
+    """A mock OpenAI-compatible endpoint on 127.0.0.1, served from a background thread.
+
+    >>> with MockServer(latency=0.05) as srv:  # doctest: +SKIP
+    ...     srv.url          # 'http://127.0.0.1:PORT/v1'
+    ...     srv.counts       # Counter({'requests': ..., 'ok': ..., '429': ...})
+
+    Options: ``latency`` (seconds, or a ``(low, high)`` range), ``faults`` (``{"429": 0.1,
+    "drop": 0.01, ...}``), ``retry_after``, ``seed``, ``require_key`` (answer 401 unless
+    ``Authorization: Bearer <key>``), ``echo_auth`` (echo the Authorization header in error
+    bodies, as some misbehaving servers do), ``port`` (0 picks a free one).
+    """
+
+    def __init__(self, *, port: int = 0, host: str = "127.0.0.1", **options: Any) -> None:
+        self.state = MockState(**options)
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self.state.counts
+
+    @property
+    def auth_seen(self) -> Counter[str]:
+        return self.state.auth_seen
+
+    def start(self) -> MockServer:
+        from .._runner import new_event_loop
+
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = self._loop = new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(serve(self.state, self.host, self.port))
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                self._server.close()
+                loop.run_until_complete(self._server.wait_closed())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"mock-{self.state.name}", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: open connections are closed, hanging requests are dropped."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+
+        def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for transport in list(self.state.connections):
+                transport.abort()
+            loop.stop()
+
+        loop.call_soon_threadsafe(shutdown)
+        thread.join(5)
+
+    def __enter__(self) -> MockServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
