@@ -4,7 +4,7 @@
 >>> llmframe.run_file("requests.jsonl", endpoints=["http://127.0.0.1:8000/v1"], rps=100)
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._config import Endpoint, RunConfig
 from ._engine import Result, RunStats, stream_results
@@ -12,8 +12,8 @@ from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError
 from ._jsonl import iter_rows
 
 try:
-    __version__ = version("llmframe")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("llmframe")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [

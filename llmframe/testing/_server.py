@@ -43,10 +43,12 @@ class MockState:
         seed: int | None = 0,
         require_key: str | None = None,
         echo_auth: bool = False,
+        script: list[str | None] | None = None,
         name: str = "mock",
     ) -> None:
         faults = dict(faults or {})
-        unknown = set(faults) - set(FAULTS)
+        script = list(script or [])
+        unknown = (set(faults) | {s for s in script if s is not None}) - set(FAULTS)
         if unknown:
             msg = f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}"
             raise ValueError(msg)
@@ -64,6 +66,9 @@ class MockState:
         self.auth_seen: Counter[str] = Counter()
         self.arrivals: list[float] = []
         self.record_arrivals = False
+        self.script = script
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.connections: set[asyncio.BaseTransport] = set()
         self._cumulative = []
         total = 0.0
@@ -78,6 +83,8 @@ class MockState:
         return lat
 
     def fault(self) -> str | None:
+        if self.script:
+            return self.script.pop(0)
         if not self._cumulative:
             return None
         x = self.rng.random()
@@ -256,11 +263,19 @@ class _Protocol(asyncio.Protocol):
         self._later(_response(status, payload))
 
     def _later(self, data: bytes) -> None:
-        delay = self.state.delay()
+        state = self.state
+        delay = state.delay()
         if delay <= 0:
             self._send(data)
-        else:
-            asyncio.get_running_loop().call_later(delay, self._send, data)
+            return
+        state.in_flight += 1
+        if state.in_flight > state.max_in_flight:
+            state.max_in_flight = state.in_flight
+        asyncio.get_running_loop().call_later(delay, self._send_later, data)
+
+    def _send_later(self, data: bytes) -> None:
+        self.state.in_flight -= 1
+        self._send(data)
 
     def _fault(self, fault: str, auth: str | None) -> None:
         state = self.state
@@ -300,9 +315,11 @@ class MockServer:
     ...     srv.counts       # Counter({'requests': ..., 'ok': ..., '429': ...})
 
     Options: ``latency`` (seconds, or a ``(low, high)`` range), ``faults`` (``{"429": 0.1,
-    "drop": 0.01, ...}``), ``retry_after``, ``seed``, ``require_key`` (answer 401 unless
-    ``Authorization: Bearer <key>``), ``echo_auth`` (echo the Authorization header in error
-    bodies, as some misbehaving servers do), ``port`` (0 picks a free one).
+    "drop": 0.01, ...}``), ``script`` (faults for the first requests in order, ``None`` for a
+    normal answer, e.g. ``["429", None, "500"]``), ``retry_after``, ``seed``, ``require_key``
+    (answer 401 unless ``Authorization: Bearer <key>``), ``echo_auth`` (echo the
+    Authorization header in error bodies, as some misbehaving servers do), ``port`` (0 picks
+    a free one).
     """
 
     def __init__(self, *, port: int = 0, host: str = "127.0.0.1", **options: Any) -> None:

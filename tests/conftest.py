@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmframe import Result, RunConfig, RunStats, stream_results
+from llmframe._runner import run_sync
+from llmframe.testing import MockServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_rows(
+    rows: Iterable[Any], endpoints: Any, **options: Any
+) -> tuple[dict[int, Result], RunStats]:
+    """Run rows (texts, or (index, payload, reason) tuples) and return results by index."""
+    items = [r if isinstance(r, tuple) else (i, {"input": r}, None) for i, r in enumerate(rows)]
+    config = RunConfig(endpoints, **options)
+    stats = RunStats()
+
+    async def main() -> list[Result]:
+        out: list[Result] = []
+        async for batch in stream_results(items, config, stats):
+            out.extend(batch)
+        return out
+
+    results = run_sync(main)
+    by_index: dict[int, Result] = {}
+    for r in results:
+        assert r.index not in by_index, f"row {r.index} has two results"
+        by_index[r.index] = r
+    return by_index, stats
+
+
+@pytest.fixture
+def mock_server():
+    """Factory: mock_server(**options) -> a started MockServer, stopped after the test."""
+    started: list[MockServer] = []
+
+    def make(**options: Any) -> MockServer:
+        srv = MockServer(**options).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    return [sys.executable, "-m", "llmframe"]
