@@ -6,10 +6,13 @@
 
 from importlib import metadata as _metadata
 
+from . import _namespace  # noqa: F401 - registers df.llm and pl.col(...).llm
 from ._config import Endpoint, RunConfig
 from ._engine import Result, RunStats, stream_results
 from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError
+from ._frame_io import read_jsonl, write_results
 from ._jsonl import iter_rows
+from .functions import acomplete, complete, complete_expr, recover
 
 try:
     __version__ = _metadata.version("llmframe")
@@ -26,6 +29,12 @@ __all__ = [
     "RunConfig",
     "RunStats",
     "__version__",
+    "acomplete",
+    "complete",
+    "complete_expr",
     "iter_rows",
+    "read_jsonl",
+    "recover",
     "stream_results",
+    "write_results",
 ]
