@@ -22,7 +22,8 @@ __all__ = ["read_jsonl", "write_results"]
 
 #: columns llmframe adds; everything else is an input field that passes through
 _OURS = ("index", "response", "error", "read_error", "raw_line", "attempts", "endpoint",
-         "latency_ms", "prompt_tokens", "completion_tokens")
+         "latency_ms", "prompt_tokens", "completion_tokens", "finish_reason",
+         "error_type", "status")
 
 
 def read_jsonl(path: str | os.PathLike[str], *, warn: bool = True) -> pl.DataFrame:
@@ -82,6 +83,8 @@ def write_results(df: pl.DataFrame, save_path: str | os.PathLike[str],
                 latency=None if row.get("latency_ms") is None else row["latency_ms"] / 1000,
                 prompt_tokens=row.get("prompt_tokens"),
                 completion_tokens=row.get("completion_tokens"),
+                finish_reason=row.get("finish_reason"), error_type=row.get("error_type"),
+                status=row.get("status"),
             )
             if row.get("read_error") is not None:
                 result.payload = orjson.loads(row["raw_line"])

@@ -24,7 +24,8 @@ __all__ = ["acomplete", "complete", "complete_expr", "recover"]
 RESULT_DTYPE = pl.Struct({"response": pl.String, "error": pl.String})
 _METADATA = {
     "attempts": pl.Int64, "endpoint": pl.String, "latency_ms": pl.Float64,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "finish_reason": pl.String,
+    "error_type": pl.String, "status": pl.Int64,
 }
 _last_partial: pl.DataFrame | None = None
 
@@ -58,6 +59,9 @@ class _Collected:
         meta["latency_ms"][i] = None if r.latency is None else r.latency * 1000
         meta["prompt_tokens"][i] = r.prompt_tokens
         meta["completion_tokens"][i] = r.completion_tokens
+        meta["finish_reason"][i] = r.finish_reason
+        meta["error_type"][i] = r.error_type
+        meta["status"][i] = r.status
         self.answered += 1
 
 
@@ -145,7 +149,8 @@ def complete(
 
     Rows stay aligned with the input whatever order answers arrive in. ``error`` is null
     where the row succeeded. A null prompt sends nothing: its response and error are null.
-    ``metadata=True`` adds attempts, endpoint, latency_ms, prompt_tokens, completion_tokens.
+    ``metadata=True`` adds attempts, endpoint, latency_ms, prompt_tokens, completion_tokens,
+    finish_reason, error_type, status.
     Works in scripts and inside Jupyter's running loop (the run has its own loop in a
     worker thread). On Ctrl-C / kernel interrupt it stops promptly and raises
     :class:`llmframe.Interrupted`; the rows answered so far are in ``exc.partial`` and in

@@ -7,7 +7,7 @@ import llmframe
 
 
 def test_all_is_exactly_the_public_names():
-    public = {n for n in dir(llmframe) if not n.startswith("_") and n not in {"testing", "cli", "functions"}}
+    public = {n for n in dir(llmframe) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(llmframe, n)).__name__ == "module"}
     assert set(llmframe.__all__) - {"__version__"} == public - modules
 
