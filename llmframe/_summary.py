@@ -86,7 +86,7 @@ class Progress:
     def update(self, n: int) -> None:
         self.bar.update(n)
         now = time.monotonic()
-        if now - self._last > 0.5:
+        if now - self._last > 0.25:
             self._last = now
             self._postfix()
 
