@@ -109,7 +109,8 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 class _Job:
-    __slots__ = ("attempts", "index", "last_endpoint", "payload", "prepared")
+    __slots__ = ("attempts", "deadline", "index", "last_endpoint", "payload", "prepared",
+                 "timed_out")
 
     def __init__(self, index: int, payload: Any, prepared: Prepared) -> None:
         self.index = index
@@ -117,6 +118,8 @@ class _Job:
         self.prepared = prepared
         self.attempts = 0
         self.last_endpoint = -1
+        self.timed_out = False
+        self.deadline = 0.0
 
 
 class _Target:
@@ -136,7 +139,7 @@ class _Target:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self.headers = headers
-        self.timeout = aiohttp.ClientTimeout(total=endpoint.timeout or config.timeout)
+        self.timeout = endpoint.timeout or config.timeout
         self.limiter = _pacer(endpoint.rps) if endpoint.rps else None
         self.max_in_flight = endpoint.max_concurrency or 1 << 30
         self.in_flight = 0
@@ -170,7 +173,7 @@ class _Run:
         self.retry_ready: deque[_Job] = deque()
         self.retry_pending = 0
         self.in_flight = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: dict[asyncio.Task[None], _Job] = {}  # attempts in flight
         self.dispatch_wake: asyncio.Future[None] | None = None
         self.consumer_wake: asyncio.Future[None] | None = None
         self.finished = False
@@ -269,11 +272,26 @@ class _Run:
             self.in_flight += 1
             stats.in_flight = self.in_flight
             target.in_flight += 1
+            job.deadline = loop.time() + target.timeout
             task = loop.create_task(self._attempt(job, target))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks[task] = job
+            task.add_done_callback(self.tasks.pop)
         self.finished = True
         self._wake_consumer()
+
+    async def sweep_timeouts(self) -> None:
+        """Cancel attempts past their deadline: one periodic sweep instead of a timer (and
+        its cancellation) per request, which is measurable at 10k requests/s."""
+        loop = asyncio.get_running_loop()
+        period = min(0.1, max(0.005, min(t.timeout for t in self.targets) / 20))
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            expired = [(t, j) for t, j in self.tasks.items() if j.deadline <= now]
+            for task, job in expired:
+                if not task.done():
+                    job.timed_out = True
+                    task.cancel()
 
     def _requeue(self, job: _Job) -> None:
         self.retry_pending -= 1
@@ -288,15 +306,14 @@ class _Run:
         api = self.config.api
         started = perf_counter()  # uvloop's loop.time() only has millisecond resolution
         error: AttemptError | None = None
+        job.timed_out = False
         try:
             try:
                 body = encode(job.prepared, target.model)
             except (orjson.JSONEncodeError, TypeError) as exc:
                 error = AttemptError("invalid_input", f"row cannot be encoded as JSON: {exc}")
             else:
-                async with self.session.post(
-                    target.url, data=body, headers=target.headers, timeout=target.timeout
-                ) as resp:
+                async with self.session.post(target.url, data=body, headers=target.headers) as resp:
                     data = await resp.read()
                     status = resp.status
                     if status != 200:
@@ -305,10 +322,14 @@ class _Run:
                     answer = parse_response(api, data)
         except AttemptError as exc:
             error = exc
+        except asyncio.CancelledError:
+            if not job.timed_out:
+                raise
+            error = AttemptError("timeout", f"no answer within {target.timeout:g} s",
+                                 retryable=True)
         except asyncio.TimeoutError:
-            error = AttemptError(
-                "timeout", f"no answer within {target.timeout.total:g} s", retryable=True
-            )
+            error = AttemptError("timeout", f"no answer within {target.timeout:g} s",
+                                 retryable=True)
         except aiohttp.ClientError as exc:
             detail = redact(str(exc), self.secrets) or type(exc).__name__
             error = AttemptError("connection_error", f"{type(exc).__name__}: {detail}",
@@ -382,6 +403,7 @@ class _Run:
         self.stats.started = loop.time()
         gc.freeze()  # objects alive before the run are not rescanned by every collection
         dispatcher = loop.create_task(self.dispatch())
+        sweeper = loop.create_task(self.sweep_timeouts())
         try:
             while True:
                 if self.done:
@@ -400,13 +422,14 @@ class _Run:
                     self.consumer_wake = None
         finally:
             self.stats.finished = loop.time()
+            sweeper.cancel()
             dispatcher.cancel()
             for task in list(self.tasks):
                 task.cancel()
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
             with _suppress_cancel():
-                await asyncio.gather(dispatcher, return_exceptions=True)
+                await asyncio.gather(dispatcher, sweeper, return_exceptions=True)
             await self.session.close()
             gc.unfreeze()
 

@@ -47,14 +47,16 @@ class FileRun:
     config: RunConfig
     progress: bool = True
     stats: RunStats = field(default_factory=RunStats)
-    on_batch: Callable[[int], None] | None = None
+    append: bool = False
+    keep: Callable[[int], bool] | None = None
 
 
 async def run_file_async(run: FileRun) -> RunStats:
     """Stream ``run.requests`` through the engine, writing both files as results complete."""
-    rows = iter_rows(run.requests)
+    rows = iter_rows(run.requests, run.keep)
     total = count_lines(run.requests) if run.progress else None
-    with JsonlWriter(run.save) as save, JsonlWriter(run.errors) as errors:
+    with JsonlWriter(run.save, append=run.append) as save, \
+            JsonlWriter(run.errors, append=run.append) as errors:
         bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))
         try:
             async for batch in stream_results(rows, run.config, run.stats):

@@ -92,7 +92,8 @@ class Progress:
 
     def _postfix(self) -> None:
         s = self.stats
-        self.bar.set_postfix(ok=s.ok, err=s.errors, retries=s.retries, inflight=s.in_flight,
+        self.bar.set_postfix(ok=str(s.ok), err=str(s.errors), retries=str(s.retries),
+                             inflight=str(s.in_flight),
                              refresh=False)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from ._exceptions import ConfigError, InputFileError
 from ._files import FileRun, default_paths, run_file_async
 from ._runner import run_sync
 from ._summary import format_summary
+from ._workers import run_sharded
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -110,13 +111,16 @@ def cli() -> None:
               help="Extra body parameter, VALUE parsed as JSON if it can be (temperature=0.2).")
 @click.option("--max-tokens", type=int, help="Shortcut for --param max_tokens=N.")
 @click.option("--timeout", type=float, default=60.0, help="Seconds per attempt.")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1,
+              help="Processes to shard rows over (the rate and concurrency are split "
+                   "between them exactly). Use 2+ only for thousands of requests/s.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar. [default: on when stderr is a terminal]")
 def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tuple[str, ...],
         endpoints_file: Path | None, mock: int | None, mock_latency: str, mock_faults: str,
         rps: float, concurrency: int, max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
-        max_tokens: int | None, timeout: float, progress: bool | None) -> None:
+        max_tokens: int | None, timeout: float, workers: int, progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
     \b
@@ -177,7 +181,10 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
             click.echo(f"llmframe: using {mock} local test endpoint(s) started by --mock "
                        "(not a real LLM: answers echo the prompt)", err=True)
         job = FileRun(path, save, errors, config, progress=progress)
-        code = _run_job(job, labels)
+        if mock and workers > 1:
+            msg = "--workers needs endpoints in their own processes; use serve-mock, not --mock"
+            raise UsageProblem(msg)
+        code = _run_job(job, labels, workers)
     sys.exit(code)
 
 
@@ -201,7 +208,7 @@ def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
     return out
 
 
-def _run_job(job: FileRun, labels: dict[str, str]) -> int:
+def _run_job(job: FileRun, labels: dict[str, str], workers: int = 1) -> int:
     weights = [ep.weight for ep in job.config.endpoints]
 
     def on_term(signum: int, frame: Any) -> None:
@@ -210,7 +217,10 @@ def _run_job(job: FileRun, labels: dict[str, str]) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     interrupted = False
     try:
-        run_sync(lambda: run_file_async(job))
+        if workers > 1:
+            run_sharded(job, workers)
+        else:
+            run_sync(lambda: run_file_async(job))
     except KeyboardInterrupt:
         interrupted = True
     except InputFileError as exc:

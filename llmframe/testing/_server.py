@@ -64,6 +64,7 @@ class MockState:
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.auth_seen: Counter[str] = Counter()
+        self.per_second: Counter[int] = Counter()  # requests by arrival second (unix time)
         self.arrivals: list[float] = []
         self.record_arrivals = False
         self.script = script
@@ -94,7 +95,9 @@ class MockState:
         return None
 
     def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "counts": dict(self.counts)}
+        return {"name": self.name, "counts": dict(self.counts),
+                "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
+                "max_in_flight": self.max_in_flight}
 
 
 def _response(status: int, body: bytes, extra: bytes = b"") -> bytes:
@@ -220,11 +223,6 @@ class _Protocol(asyncio.Protocol):
     def handle(self, method: bytes, path: bytes, auth: str | None, body: bytes) -> None:
         state = self.state
         counts = state.counts
-        counts["requests"] += 1
-        if state.record_arrivals:
-            state.arrivals.append(time.time())
-        if auth is not None:
-            state.auth_seen[auth] += 1
         if method == b"GET":
             if path.endswith(b"/models"):
                 self._send(_response(200, _MODELS))
@@ -236,6 +234,13 @@ class _Protocol(asyncio.Protocol):
         if method != b"POST":
             self._send(_error(405, "method not allowed"))
             return
+        counts["requests"] += 1
+        now = time.time()
+        state.per_second[int(now)] += 1
+        if state.record_arrivals:
+            state.arrivals.append(now)
+        if auth is not None:
+            state.auth_seen[auth] += 1
         if state.require_key is not None and auth != f"Bearer {state.require_key}":
             counts["401"] += 1
             message = "invalid api key"

@@ -1,0 +1,273 @@
+"""Benchmark llmframe against a minimal hand-written aiohttp client, in the same run.
+
+    python bench/run.py            # the full run reported in the README (~3 minutes)
+    python bench/run.py --quick    # a small smoke run (seconds); no figures worth quoting
+
+Starts its own local mock endpoints (``llmframe serve-mock``, separate processes), runs each
+client as a subprocess, and prints one table: requests/s by the endpoint's own clock,
+client CPU per request, client peak RSS, and the endpoint's CPU per request (reported
+separately: it shares this machine). Writes ``bench/out/results.json`` and a plot of
+throughput over time for the 1 s-latency case, ``bench/out/throughput_1s.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figures:
+    scenario: str
+    client: str
+    requests: int
+    ok_lines: int
+    wall_s: float
+    steady_rps: float
+    overall_rps: float
+    client_cpu_us: float
+    client_rss_mb: float
+    server_cpu_us: float
+    per_second: list[int] = field(default_factory=list)
+
+
+class Endpoint:
+    """A ``llmframe serve-mock`` process."""
+
+    def __init__(self, latency: float) -> None:
+        self.proc = subprocess.Popen(
+            [PY, "-m", "llmframe", "serve-mock", "--port", "0", "--latency", str(latency)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        found = re.search(r"(http://\S+)", line)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"mock endpoint did not start: {line!r}")
+        self.url = found.group(1)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def make_requests(path: Path, n: int) -> Path:
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            if sum(1 for _ in f) == n:
+                return path
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"input": f"Question {i}: what is {i} squared, briefly?",
+                                "id": i}) + "\n")
+    return path
+
+
+def run_client(cmd: list[str], timeout: float) -> tuple[float, float, float, int]:
+    """Run ``cmd``; return (wall s, CPU s, peak RSS MB, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = start + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        sys.stderr.write(proc.stderr.read()[-2000:])
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code
+
+
+def steady(per_second: list[int]) -> float:
+    """Median of the per-second counts, leaving out the ramp-up and tail seconds."""
+    if len(per_second) <= 4:
+        return statistics.median(per_second) if per_second else 0.0
+    return statistics.median(per_second[2:-2])
+
+
+def measure(scenario: str, client: str, cmd: list[str], latency: float, n: int,
+            out: Path, timeout: float) -> Figures:
+    ep = Endpoint(latency)
+    try:
+        cmd = [c.replace("{url}", ep.url) for c in cmd]
+        cpu0 = ep.cpu_seconds()
+        wall, cpu, rss, _code = run_client(cmd, timeout)
+        server_cpu = ep.cpu_seconds() - cpu0
+        stats = ep.stats()
+    finally:
+        ep.stop()
+    counts = stats["per_second"]
+    seconds = sorted(int(s) for s in counts)
+    per_second = [counts.get(str(s), 0) for s in range(seconds[0], seconds[-1] + 1)] if seconds \
+        else []
+    served = stats["counts"].get("requests", 0)
+    ok_lines = sum(1 for _ in out.open("rb")) if out.exists() else 0
+    return Figures(scenario, client, served, ok_lines, round(wall, 2), steady(per_second),
+                   round(served / wall, 1) if wall else 0.0,
+                   round(cpu / max(served, 1) * 1e6, 1), round(rss, 1),
+                   round(server_cpu / max(served, 1) * 1e6, 1), per_second)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    p.add_argument("--n0", type=int, default=100_000, help="requests at latency 0")
+    p.add_argument("--rate", type=float, default=10_000, help="target req/s at 1 s latency")
+    p.add_argument("--seconds", type=float, default=25, help="duration of the 1 s case")
+    p.add_argument("--workers", type=int, default=2, help="llmframe --workers for the 1 s case")
+    p.add_argument("--out", type=Path, default=HERE / "out")
+    args = p.parse_args()
+    if args.quick:
+        args.n0, args.rate, args.seconds = 2_000, 400, 3
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="llmframe-bench-"))
+    results: list[Figures] = []
+    timeout = 600
+
+    def llmframe_cmd(req: Path, out: Path, rps: float, conc: int, workers: int) -> list[str]:
+        cmd = [PY, "-m", "llmframe", "run", str(req), "-e", "{url}", "--rps", str(rps),
+               "--concurrency", str(conc), "--save", str(out), "--errors",
+               str(out.with_suffix(".err")), "--no-progress", "--timeout", "30"]
+        return cmd + (["--workers", str(workers)] if workers > 1 else [])
+
+    def base_cmd(req: Path, out: Path, rps: float, conc: int) -> list[str]:
+        return [PY, str(HERE / "baseline_client.py"), str(req), str(out), "{url}",
+                "--in-flight", str(conc), "--rps", str(rps)]
+
+    # 1. latency 0: CPU per request, 256 in flight
+    req0 = make_requests(tmp / "r0.jsonl", args.n0)
+    for client, cmd in [
+        ("baseline aiohttp", base_cmd(req0, tmp / "b0.out", 0, 256)),
+        ("llmframe run", llmframe_cmd(req0, tmp / "l0.out", 1e6, 256, 1)),
+        (f"llmframe run --workers {args.workers}",
+         llmframe_cmd(req0, tmp / "w0.out", 1e6, 256, args.workers)),
+    ]:
+        out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
+        results.append(measure("latency 0", client, cmd, 0.0, args.n0, out, timeout))
+        print(f"  {results[-1].scenario:<12} {client:<28} done", file=sys.stderr)
+
+    # 2. latency 1 s at the target rate, ~1.35 x rate in flight
+    n1 = int(args.rate * args.seconds)
+    conc = int(args.rate * 1.35)
+    req1 = make_requests(tmp / "r1.jsonl", n1)
+    for client, cmd in [
+        ("baseline aiohttp", base_cmd(req1, tmp / "b1.out", args.rate, conc)),
+        (f"llmframe run --workers {args.workers}",
+         llmframe_cmd(req1, tmp / "w1.out", args.rate, conc, args.workers)),
+    ]:
+        out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
+        results.append(measure("latency 1 s", client, cmd, 1.0, n1, out, timeout))
+        print(f"  {results[-1].scenario:<12} {client:<28} done", file=sys.stderr)
+
+    # 3. memory flat in file size (latency 0)
+    small, large = (args.n0 * 3 // 5, args.n0 * 12 // 5)
+    for n in (small, large):
+        req = make_requests(tmp / f"m{n}.jsonl", n)
+        results.append(measure(f"memory {n:,}", "llmframe run",
+                               llmframe_cmd(req, tmp / f"m{n}.out", 1e6, 256, 1), 0.0, n,
+                               tmp / f"m{n}.out", timeout))
+        print(f"  memory {n:,} done", file=sys.stderr)
+
+    # 4. polars path vs the engine alone, in one process each
+    polars = _polars_vs_engine(args.n0 if not args.quick else 2_000)
+
+    _print_table(results, polars)
+    (args.out / "results.json").write_text(json.dumps(
+        {"machine": _machine(), "results": [asdict(r) for r in results], "polars": polars},
+        indent=1))
+    _plot([r for r in results if r.scenario == "latency 1 s"], args.out / "throughput_1s.png",
+          args.rate)
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+
+
+def _polars_vs_engine(n: int) -> dict[str, float]:
+    out = {}
+    for mode in ("engine", "polars"):
+        ep = Endpoint(0.0)
+        try:
+            code = subprocess.run([PY, str(HERE / "polars_vs_engine.py"), mode, str(n), ep.url],
+                                  capture_output=True, text=True, timeout=600)
+            out[mode] = float(code.stdout.strip().splitlines()[-1])
+        finally:
+            ep.stop()
+    out["ratio"] = round(out["polars"] / out["engine"], 3)
+    return out
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def _print_table(results: list[Figures], polars: dict[str, float]) -> None:
+    print(f"\nllmframe benchmark — {_machine()} (clients and endpoint share these cores)\n")
+    head = (f"{'scenario':<16} {'client':<28} {'requests':>9} {'steady req/s':>12} "
+            f"{'overall req/s':>13} {'client CPU µs/req':>17} {'peak RSS MB':>11} "
+            f"{'endpoint CPU µs/req':>19}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r.scenario:<16} {r.client:<28} {r.requests:>9,} {r.steady_rps:>12,.0f} "
+              f"{r.overall_rps:>13,.0f} {r.client_cpu_us:>17,.1f} {r.client_rss_mb:>11,.1f} "
+              f"{r.server_cpu_us:>19,.1f}")
+    print(f"\npolars df.llm.complete vs the engine alone (latency 0, wall s): "
+          f"engine {polars['engine']:.2f}, polars {polars['polars']:.2f}, "
+          f"ratio {polars['ratio']:.3f}")
+
+
+def _plot(results: list[Figures], path: Path, rate: float) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for r in results:
+        ax.plot(range(len(r.per_second)), r.per_second, marker=".", label=r.client)
+    ax.axhline(rate, color="grey", linestyle="--", linewidth=1, label=f"target {rate:,.0f}/s")
+    ax.set_xlabel("second of the run")
+    ax.set_ylabel("requests/s (endpoint clock)")
+    ax.set_title("Throughput at 1 s latency")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""``--workers N``: shard one requests file over N processes, each with its own event loop.
+
+One Python process tops out around 5k requests/s here (aiohttp's per-request cost); a
+second process uses the second core. Worker k takes the lines whose index % N == k, runs
+the ordinary engine with the rate and concurrency limits split exactly (rps / N each,
+concurrency and per-endpoint limits divided and rounded up), and appends its results to the
+shared save/errors files (whole-line ``O_APPEND`` writes: no line is split, lost or
+duplicated). Workers report counters to the parent, which shows one progress bar and one
+summary. Ctrl-C / SIGTERM in the parent asks every worker to stop and flush; a worker whose
+parent dies stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import replace
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ._config import RunConfig
+from ._engine import EndpointStats, RunStats
+from ._files import FileRun, run_file_async
+from ._runner import new_event_loop
+from ._summary import Progress
+
+__all__ = ["run_sharded", "shard_config"]
+
+_REPORT_EVERY = 0.25
+
+
+def shard_config(config: RunConfig, n: int) -> RunConfig:
+    """The limits of one of ``n`` workers: together they add up to ``config``'s."""
+    endpoints = tuple(
+        replace(ep, rps=None if ep.rps is None else ep.rps / n,
+                max_concurrency=None if ep.max_concurrency is None
+                else math.ceil(ep.max_concurrency / n))
+        for ep in config.endpoints
+    )
+    return replace(config, endpoints=endpoints,
+                   rps=None if config.rps is None else config.rps / n,
+                   concurrency=math.ceil(config.concurrency / n))
+
+
+def _snapshot(stats: RunStats, final: bool) -> dict[str, Any]:
+    return {
+        "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
+        "in_flight": stats.in_flight, "final": final,
+        "endpoints": [(e.sent, e.ok, e.failed_attempts, e.latencies if final else None)
+                      for e in stats.endpoints],
+    }
+
+
+def _worker(run: FileRun, shard: int, n: int, conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    parent = os.getppid()
+    run.keep = (lambda i: i % n == shard) if run.keep is None else (
+        lambda i, keep=run.keep: i % n == shard and keep(i))
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def report(main: asyncio.Task[Any]) -> None:
+        while True:
+            await asyncio.sleep(_REPORT_EVERY)
+            conn.send(_snapshot(run.stats, final=False))
+            if os.getppid() != parent:  # orphaned: stop and flush
+                main.cancel()
+
+    async def go() -> None:
+        main = asyncio.current_task()
+        assert main is not None
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        reporter = loop.create_task(report(main))
+        try:
+            await run_file_async(run)
+        finally:
+            reporter.cancel()
+
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(go())
+    finally:
+        conn.send(_snapshot(run.stats, final=True))
+        conn.close()
+        loop.close()
+
+
+def run_sharded(run: FileRun, workers: int) -> RunStats:
+    """Run ``run`` over ``workers`` processes; returns the combined stats.
+
+    Raises KeyboardInterrupt after the workers have stopped and flushed, if interrupted.
+    """
+    from ._files import count_lines
+
+    ctx = mp.get_context("spawn")
+    # truncate (or keep, when appending) once, before any worker appends
+    for path in (run.save, run.errors):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not run.append:
+            path.write_bytes(b"")
+    config = shard_config(run.config, workers)
+    procs, conns = [], []
+    for k in range(workers):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        part = replace(run, config=config, progress=False, stats=RunStats(), append=True)
+        proc = ctx.Process(target=_worker, args=(part, k, workers, child_end),
+                           name=f"llmframe-worker-{k}", daemon=True)
+        proc.start()
+        child_end.close()
+        procs.append(proc)
+        conns.append(parent_end)
+
+    stats = run.stats
+    stats.started = time.monotonic()
+    snaps: dict[int, dict[str, Any]] = {}
+    total = count_lines(run.requests) if run.progress else None
+    bar = Progress(stats, total, enabled=run.progress, desc=run.requests.name)
+    interrupted = False
+    open_conns = dict(enumerate(conns))
+    try:
+        while open_conns:
+            try:
+                ready = wait(list(open_conns.values()), timeout=_REPORT_EVERY)
+                for k, conn in list(open_conns.items()):
+                    if conn not in ready:
+                        continue
+                    try:
+                        snaps[k] = conn.recv()
+                    except EOFError:
+                        del open_conns[k]
+                        continue
+                    if snaps[k]["final"]:
+                        del open_conns[k]
+                before = stats.done
+                _combine(stats, snaps, run.config)
+                bar.update(stats.done - before)
+                if not any(p.is_alive() for p in procs) and not any(
+                        c.poll() for c in open_conns.values()):
+                    break
+            except KeyboardInterrupt:
+                interrupted = True
+                for p in procs:
+                    if p.is_alive() and p.pid is not None:
+                        os.kill(p.pid, signal.SIGTERM)
+    finally:
+        bar.close()
+        for p in procs:
+            p.join(15)
+            if p.is_alive():
+                p.kill()
+        stats.finished = time.monotonic()
+    _combine(stats, snaps, run.config)
+    if interrupted:
+        raise KeyboardInterrupt
+    return stats
+
+
+def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfig) -> None:
+    values = list(snaps.values())
+    stats.rows = sum(s["rows"] for s in values)
+    stats.ok = sum(s["ok"] for s in values)
+    stats.errors = sum(s["errors"] for s in values)
+    stats.retries = sum(s["retries"] for s in values)
+    stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
+    eps = [EndpointStats(ep.name) for ep in config.endpoints]
+    for snap in values:
+        for ep, (sent, ok, failed, latencies) in zip(eps, snap["endpoints"], strict=False):
+            ep.sent += sent
+            ep.ok += ok
+            ep.failed_attempts += failed
+            if latencies:
+                ep.latencies.extend(latencies)
+    stats.endpoints = eps
