@@ -257,6 +257,7 @@ class RunConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     seed: int | None = None
+    transport: Literal["auto", "fast", "aiohttp"] = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))
@@ -267,6 +268,9 @@ class RunConfig:
         _positive("timeout", self.timeout, "run")
         if self.api not in _APIS:
             msg = f"run: api must be one of {', '.join(_APIS)}, got {self.api!r}"
+            raise ConfigError(msg)
+        if self.transport not in ("auto", "fast", "aiohttp"):
+            msg = f"run: transport must be auto, fast or aiohttp, got {self.transport!r}"
             raise ConfigError(msg)
         if not isinstance(self.params, Mapping):
             msg = f"run: params must be a dict, got {type(self.params).__name__}"

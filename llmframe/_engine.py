@@ -14,6 +14,7 @@ import asyncio
 import gc
 import random
 import re
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -26,8 +27,11 @@ from aiolimiter import AsyncLimiter
 
 from ._balancer import SmoothWeightedRoundRobin
 from ._config import Endpoint, RunConfig
+from ._gc import COLLECT_EVERY, gc_paused
+from ._pacer import Pacer
 from ._protocols import Prepared, RowError, encode, parse_response, prepare
 from ._retry import AttemptError, RetryPolicy, is_retryable_status, parse_retry_after
+from ._transport import AiohttpTransport, FastTransport, Transport
 
 __all__ = ["EndpointStats", "Result", "Row", "RunStats", "stream_results"]
 
@@ -126,7 +130,7 @@ class _Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
     __slots__ = ("endpoint", "headers", "in_flight", "index", "limiter", "max_in_flight", "model",
-                 "name", "stats", "timeout", "url")
+                 "name", "stats", "timeout", "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -140,10 +144,16 @@ class _Target:
             headers["Authorization"] = f"Bearer {key}"
         self.headers = headers
         self.timeout = endpoint.timeout or config.timeout
-        self.limiter = _pacer(endpoint.rps) if endpoint.rps else None
+        self.limiter = _endpoint_limiter(endpoint.rps) if endpoint.rps else None
         self.max_in_flight = endpoint.max_concurrency or 1 << 30
         self.in_flight = 0
         self.stats = EndpointStats(self.name)
+        self.transport: Transport
+
+    def open(self, session: aiohttp.ClientSession, kind: str) -> None:
+        fast = kind == "fast" or (kind == "auto" and self.url.startswith("http://"))
+        self.transport = (FastTransport(self.url, self.headers) if fast
+                          else AiohttpTransport(session, self.url, self.headers))
 
     def eligible(self) -> bool:
         if self.in_flight >= self.max_in_flight:
@@ -151,11 +161,13 @@ class _Target:
         return self.limiter is None or self.limiter.has_capacity()
 
 
-def _pacer(rps: float) -> AsyncLimiter:
-    """A smooth limiter: a bucket of 1/100 s worth of requests (at least 1), refilled
-    continuously, so no burst of a whole second's budget ever goes out at once."""
+def _endpoint_limiter(rps: float) -> AsyncLimiter:
+    """A smooth per-endpoint limiter: a bucket of 1/100 s worth of requests (at least 1),
+    refilled continuously, so no burst of a whole second's budget ever goes out at once.
+    The dispatcher only checks ``has_capacity()`` before choosing the endpoint."""
     bucket = max(1.0, rps / 100)
-    return AsyncLimiter(bucket, bucket / rps)
+    limiter = AsyncLimiter(bucket, bucket / rps)
+    return limiter
 
 
 class _Run:
@@ -284,9 +296,13 @@ class _Run:
         its cancellation) per request, which is measurable at 10k requests/s."""
         loop = asyncio.get_running_loop()
         period = min(0.1, max(0.005, min(t.timeout for t in self.targets) / 20))
+        next_gc = loop.time() + COLLECT_EVERY
         while True:
             await asyncio.sleep(period)
             now = loop.time()
+            if now >= next_gc:  # the collector is paused during the run (see _gc)
+                gc.collect()
+                next_gc = now + COLLECT_EVERY
             expired = [(t, j) for t, j in self.tasks.items() if j.deadline <= now]
             for task, job in expired:
                 if not task.done():
@@ -313,12 +329,10 @@ class _Run:
             except (orjson.JSONEncodeError, TypeError) as exc:
                 error = AttemptError("invalid_input", f"row cannot be encoded as JSON: {exc}")
             else:
-                async with self.session.post(target.url, data=body, headers=target.headers) as resp:
-                    data = await resp.read()
-                    status = resp.status
-                    if status != 200:
-                        error = self._http_error(status, resp.headers, data, target)
-                if error is None:
+                status, headers, data = await target.transport.post(body)
+                if not 200 <= status < 300:
+                    error = self._http_error(status, headers, data, target)
+                else:
                     answer = parse_response(api, data)
         except AttemptError as exc:
             error = exc
@@ -335,7 +349,11 @@ class _Run:
             error = AttemptError("connection_error", f"{type(exc).__name__}: {detail}",
                                  retryable=True)
         except OSError as exc:
-            error = AttemptError("connection_error", f"{type(exc).__name__}: {exc}",
+            detail = redact(str(exc), self.secrets) or "connection failed"
+            error = AttemptError("connection_error", f"{type(exc).__name__}: {detail}",
+                                 retryable=True)
+        except zlib.error as exc:
+            error = AttemptError("invalid_response", f"cannot decompress the body ({exc})",
                                  retryable=True)
         finally:
             self.in_flight -= 1
@@ -383,55 +401,55 @@ class _Run:
         )
 
     # -- the run --------------------------------------------------------------------------
-    async def batches(self) -> AsyncIterator[list[Result]]:
-        loop = asyncio.get_running_loop()
+    def _open(self) -> None:
         config = self.config
         self.targets = [_Target(i, ep, config) for i, ep in enumerate(config.endpoints)]
         self.secrets = [k for ep in config.endpoints if (k := ep.api_key())]
         self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
-        self.limiter = _pacer(config.rps) if config.rps else None
-        if self.limiter is not None:
-            # start with a full bucket so the first instant is paced like every other
-            await self.limiter.acquire(self.limiter.max_rate)
+        self.limiter = Pacer(config.rps) if config.rps else None
         self.stats.endpoints = [t.stats for t in self.targets]
-        connector = aiohttp.TCPConnector(
-            limit=config.concurrency, limit_per_host=0, ttl_dns_cache=None,
-        )
+        connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0,
+                                         ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
-        )
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
+        for target in self.targets:
+            target.open(self.session, config.transport)
+
+    async def _close(self, *helpers: asyncio.Task[None]) -> None:
+        for task in (*helpers, *self.tasks):
+            task.cancel()
+        with _suppress_cancel():
+            await asyncio.gather(*helpers, *self.tasks, return_exceptions=True)
+        for target in self.targets:
+            await target.transport.close()
+        await self.session.close()
+
+    async def batches(self) -> AsyncIterator[list[Result]]:
+        loop = asyncio.get_running_loop()
+        self._open()
         self.stats.started = loop.time()
-        gc.freeze()  # objects alive before the run are not rescanned by every collection
-        dispatcher = loop.create_task(self.dispatch())
-        sweeper = loop.create_task(self.sweep_timeouts())
-        try:
-            while True:
-                if self.done:
-                    batch, self.done = self.done, []
-                    yield batch
-                    continue
-                if self.finished:
-                    break
-                if dispatcher.done():
-                    dispatcher.result()  # re-raise an unexpected dispatcher failure
-                self.consumer_wake = loop.create_future()
-                try:
-                    await asyncio.wait((self.consumer_wake, dispatcher),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    self.consumer_wake = None
-        finally:
-            self.stats.finished = loop.time()
-            sweeper.cancel()
-            dispatcher.cancel()
-            for task in list(self.tasks):
-                task.cancel()
-            if self.tasks:
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-            with _suppress_cancel():
-                await asyncio.gather(dispatcher, sweeper, return_exceptions=True)
-            await self.session.close()
-            gc.unfreeze()
+        with gc_paused():
+            dispatcher = loop.create_task(self.dispatch())
+            sweeper = loop.create_task(self.sweep_timeouts())
+            try:
+                while True:
+                    if self.done:
+                        batch, self.done = self.done, []
+                        yield batch
+                        continue
+                    if self.finished:
+                        break
+                    if dispatcher.done():
+                        dispatcher.result()  # re-raise an unexpected dispatcher failure
+                    self.consumer_wake = loop.create_future()
+                    try:
+                        await asyncio.wait((self.consumer_wake, dispatcher),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        self.consumer_wake = None
+            finally:
+                self.stats.finished = loop.time()
+                await self._close(dispatcher, sweeper)
 
 
 class _suppress_cancel:

@@ -1,0 +1,73 @@
+"""A smooth pacer for one consumer (the dispatcher): at most ``rate`` acquisitions per second.
+
+A token bucket holding at most ``burst`` tokens (1/100 s worth of the rate, at least 1),
+refilled continuously and starting with one token, so no second of a run — the first
+included — sees more than ``rate + burst`` sends, and in steady state exactly ``rate``.
+
+Why not aiolimiter here: its waiter asks the loop to wake it when the next token is due,
+often less than a millisecond ahead; uvloop's clock and timers have millisecond
+resolution, so the waiter wakes, finds no token yet, and re-arms — a busy spin that cost
+~220 µs of CPU per request at 5,000 requests/s (62 µs without it). This pacer sleeps at
+least a millisecond and then takes every token that accrued. aiolimiter still paces the
+per-endpoint limits, where the dispatcher only checks ``has_capacity()`` and never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Pacer"]
+
+_MIN_SLEEP = 0.001
+
+
+class Pacer:
+    """``await pacer.acquire()`` returns when sending one more keeps to ``rate``.
+
+    >>> clock = [0.0]
+    >>> p = Pacer(100, clock=lambda: clock[0])
+    >>> p.try_acquire(), p.try_acquire()      # one token to start with
+    (True, False)
+    >>> clock[0] = 0.05; sum(p.try_acquire() for _ in range(10))   # 50 ms later, 1 s/100 * 5
+    1
+    """
+
+    __slots__ = ("_clock", "_last", "_sleep", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, *, burst: float | None = None,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+        if not rate > 0:
+            msg = f"rate must be > 0, got {rate!r}"
+            raise ValueError(msg)
+        self.rate = float(rate)
+        self.burst = max(1.0, self.rate / 100) if burst is None else float(burst)
+        self._clock = clock
+        self._sleep = sleep or asyncio.sleep
+        self._tokens = 1.0
+        self._last: float | None = None
+
+    def _now(self) -> float:
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock()
+
+    def try_acquire(self) -> bool:
+        """Take a token if one is available now."""
+        now = self._now()
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        """Seconds until the next token (call after a failed ``try_acquire``)."""
+        return max((1.0 - self._tokens) / self.rate, _MIN_SLEEP)
+
+    async def acquire(self) -> None:
+        while not self.try_acquire():
+            await self._sleep(self.wait_time())
