@@ -59,7 +59,7 @@ class Pacer:
         if self._last is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - 1e-9:  # float dust must not cost a millisecond sleep
             self._tokens -= 1.0
             return True
         return False
