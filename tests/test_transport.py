@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiohttp import web
 
-from conftest import run_rows
 from llmframe._runner import new_event_loop
+
+from conftest import run_rows
 
 
 def _chat(text: str) -> dict:
@@ -83,7 +84,7 @@ def test_http_errors_from_a_foreign_server(aiohttp_server, transport):
 class _Http10(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # no keep-alive; the body ends when the connection closes
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         length = int(self.headers["Content-Length"])
         doc = json.loads(self.rfile.read(length))
         body = json.dumps(_chat(doc["messages"][-1]["content"])).encode()
