@@ -28,12 +28,13 @@ from aiolimiter import AsyncLimiter
 from ._balancer import SmoothWeightedRoundRobin
 from ._config import Endpoint, RunConfig
 from ._gc import COLLECT_EVERY, gc_paused
+from ._health import Health
 from ._pacer import Pacer
 from ._protocols import Prepared, RowError, encode, parse_response, prepare
 from ._retry import AttemptError, RetryPolicy, is_retryable_status, parse_retry_after
 from ._transport import AiohttpTransport, FastTransport, Transport
 
-__all__ = ["EndpointStats", "Result", "Row", "RunStats", "stream_results"]
+__all__ = ["EndpointStats", "Result", "Row", "RunControl", "RunStats", "stream_results"]
 
 #: An input row: (index, payload, reason). ``reason`` is set for a line that could not even
 #: be read (not JSON, bad encoding); such a row becomes an error result without a request.
@@ -72,6 +73,8 @@ class EndpointStats:
     sent: int = 0
     ok: int = 0
     failed_attempts: int = 0
+    cooldowns: int = 0
+    throttled: int = 0
     latencies: list[float] = field(default_factory=list)
     _seen: int = 0
 
@@ -95,6 +98,7 @@ class RunStats:
     errors: int = 0
     retries: int = 0
     in_flight: int = 0
+    unfinished: int = 0
     started: float = 0.0
     finished: float = 0.0
     endpoints: list[EndpointStats] = field(default_factory=list)
@@ -129,8 +133,8 @@ class _Job:
 class _Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
-    __slots__ = ("endpoint", "headers", "in_flight", "index", "limiter", "max_in_flight", "model",
-                 "name", "stats", "timeout", "transport", "url")
+    __slots__ = ("endpoint", "headers", "health", "in_flight", "index", "limiter",
+                 "max_in_flight", "model", "name", "stats", "timeout", "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -145,7 +149,8 @@ class _Target:
         self.headers = headers
         self.timeout = endpoint.timeout or config.timeout
         self.limiter = _endpoint_limiter(endpoint.rps) if endpoint.rps else None
-        self.max_in_flight = endpoint.max_concurrency or 1 << 30
+        self.max_in_flight = min(endpoint.max_concurrency or 1 << 30, config.concurrency)
+        self.health = Health(self.max_in_flight)
         self.in_flight = 0
         self.stats = EndpointStats(self.name)
         self.transport: Transport
@@ -155,8 +160,8 @@ class _Target:
         self.transport = (FastTransport(self.url, self.headers) if fast
                           else AiohttpTransport(session, self.url, self.headers))
 
-    def eligible(self) -> bool:
-        if self.in_flight >= self.max_in_flight:
+    def eligible(self, now: float) -> bool:
+        if self.in_flight >= self.health.allowed(now):
             return False
         return self.limiter is None or self.limiter.has_capacity()
 
@@ -189,6 +194,7 @@ class _Run:
         self.dispatch_wake: asyncio.Future[None] | None = None
         self.consumer_wake: asyncio.Future[None] | None = None
         self.finished = False
+        self.stopping = False
         self.secrets: list[str] = []
 
     # -- waking ---------------------------------------------------------------------------
@@ -238,15 +244,22 @@ class _Run:
         self._emit(Result(index, payload, error=reason, error_type="invalid_input"))
         return None
 
-    def _pick(self, job: _Job) -> _Target | None:
+    def _pick(self, job: _Job, now: float) -> _Target | None:
         targets = self.targets
         last = job.last_endpoint
         if last >= 0 and len(targets) > 1:
-            i = self.balancer.pick(lambda i: i != last and targets[i].eligible())
+            i = self.balancer.pick(lambda i: i != last and targets[i].eligible(now))
             if i is not None:
                 return targets[i]
-        i = self.balancer.pick(lambda i: targets[i].eligible())
+        i = self.balancer.pick(lambda i: targets[i].eligible(now))
         return None if i is None else targets[i]
+
+    def _idle_wait(self, now: float) -> float:
+        """How long to wait when no endpoint can take a request: until the first cooldown
+        or pause ends (a completion wakes the dispatcher sooner), or a few ms for rate."""
+        ends = [t.health.available_at() for t in self.targets]
+        soonest = min((e for e in ends if e > now), default=0.0)
+        return max(0.002, min(soonest - now, 1.0)) if soonest else 0.002
 
     async def dispatch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -256,6 +269,11 @@ class _Run:
         concurrency = self.config.concurrency
         stats = self.stats
         while True:
+            if self.stopping:
+                # stop taking work; let what is in flight finish (the caller bounds the wait)
+                while self.in_flight:
+                    await self._sleep_until_woken()
+                break
             if self.retry_ready:
                 job = self.retry_ready.popleft()
             elif not exhausted:
@@ -275,10 +293,15 @@ class _Run:
                 await self._sleep_until_woken()
             if limiter is not None:
                 await limiter.acquire()
-            target = self._pick(job)
+            target = self._pick(job, loop.time())
             while target is None:
-                await self._sleep_until_woken(0.002)
-                target = self._pick(job)
+                await self._sleep_until_woken(self._idle_wait(loop.time()))
+                if self.stopping:
+                    break
+                target = self._pick(job, loop.time())
+            if target is None:  # stopping while waiting for an endpoint
+                self.stats.unfinished += 1
+                continue
             if target.limiter is not None:
                 await target.limiter.acquire()
             self.in_flight += 1
@@ -311,12 +334,24 @@ class _Run:
 
     def _requeue(self, job: _Job) -> None:
         self.retry_pending -= 1
+        if self.stopping:
+            self.stats.unfinished += 1  # no result: a resumed run sends it again
+            return
         self.retry_ready.append(job)
         self._wake_dispatcher()
+
+    def stop(self) -> None:
+        """Stop taking rows and retries; attempts in flight may still finish."""
+        if not self.stopping:
+            self.stopping = True
+            self.stats.unfinished += len(self.retry_ready)
+            self.retry_ready.clear()
+            self._wake_dispatcher()
 
     # -- one attempt ----------------------------------------------------------------------
     async def _attempt(self, job: _Job, target: _Target) -> None:
         loop = asyncio.get_running_loop()
+        sent_at = loop.time()
         job.attempts += 1
         target.stats.sent += 1
         api = self.config.api
@@ -361,7 +396,9 @@ class _Run:
             target.in_flight -= 1
             self._wake_dispatcher()
         latency = perf_counter() - started
+        health = target.health
         if error is None:
+            health.on_success(loop.time(), latency)
             target.stats.ok += 1
             target.stats.record_latency(latency)
             self._emit(Result(
@@ -371,10 +408,16 @@ class _Run:
             ))
             return
         target.stats.failed_attempts += 1
+        health.on_failure(loop.time(), error.kind, error.status, error.retry_after, sent_at)
+        target.stats.cooldowns = health.cooldowns
+        target.stats.throttled = health.throttled
         wait = self.policy.next_wait(job.attempts, error)
         if wait is None:
             self._emit(self._final_error(job, target, error, latency))
             return
+        if error.retry_after is not None and len(self.targets) > 1:
+            # Retry-After pauses that endpoint only (see _health); the row may go elsewhere
+            wait = self.policy.backoff(job.attempts)
         self.stats.retries += 1
         job.last_endpoint = target.index
         self.retry_pending += 1
@@ -460,13 +503,43 @@ class _suppress_cancel:
         return exc[0] is asyncio.CancelledError
 
 
+class RunControl:
+    """A handle to stop a run gracefully: ``stop()`` (thread-safe via ``stop_threadsafe``)
+    stops reading rows and sending retries; requests in flight may still finish."""
+
+    def __init__(self) -> None:
+        self._run: _Run | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stop_requested = False
+
+    def _attach(self, run: _Run) -> None:
+        self._run = run
+        self._loop = asyncio.get_running_loop()
+        if self.stop_requested:
+            run.stop()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self._run is not None:
+            self._run.stop()
+
+    def stop_threadsafe(self) -> None:
+        self.stop_requested = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stop)
+
+
 async def stream_results(
-    rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None
+    rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None,
+    control: RunControl | None = None,
 ) -> AsyncIterator[list[Result]]:
     """Send one request per row and yield batches of results as they complete.
 
-    Every row yields exactly one :class:`Result`. ``stats`` (optional) is kept up to date
-    for progress display. Closing the generator (or cancelling its task) stops the run.
+    Every row yields exactly one :class:`Result`, unless the run is stopped early
+    (``control.stop()``: rows not yet sent get none; ``stats.unfinished`` counts retries
+    dropped). ``stats`` (optional) is kept up to date for progress display. Closing the
+    generator (or cancelling its task) stops the run at once.
 
     >>> async def main(url):  # doctest: +SKIP
     ...     rows = [(0, {"input": "hi"}, None)]
@@ -474,5 +547,7 @@ async def stream_results(
     ...         print(batch[0].response)
     """
     run = _Run(rows, config, stats if stats is not None else RunStats())
+    if control is not None:
+        control._attach(run)
     async for batch in run.batches():
         yield batch

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._config import RunConfig
-from ._engine import RunStats, stream_results
+from ._engine import RunControl, RunStats, stream_results
 from ._jsonl import JsonlWriter, error_record, iter_rows, success_record
 from ._summary import Progress
 
@@ -49,6 +50,7 @@ class FileRun:
     stats: RunStats = field(default_factory=RunStats)
     append: bool = False
     keep: Callable[[int], bool] | None = None
+    control: RunControl = field(default_factory=RunControl)
 
 
 async def run_file_async(run: FileRun) -> RunStats:
@@ -58,16 +60,24 @@ async def run_file_async(run: FileRun) -> RunStats:
     with JsonlWriter(run.save, append=run.append) as save, \
             JsonlWriter(run.errors, append=run.append) as errors:
         bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))
+
+        async def flush_every_second() -> None:
+            # durable as they complete: even with no new batch, nothing waits > 1 s in memory
+            while True:
+                await asyncio.sleep(1.0)
+                save.flush()
+                errors.flush()
+
+        flusher = asyncio.get_running_loop().create_task(flush_every_second())
         try:
-            async for batch in stream_results(rows, run.config, run.stats):
+            async for batch in stream_results(rows, run.config, run.stats, run.control):
                 for result in batch:
                     if result.error is None:
                         save.write(success_record(result))
                     else:
                         errors.write(error_record(result))
-                save.tick()
-                errors.tick()
                 bar.update(len(batch))
         finally:
+            flusher.cancel()
             bar.close()
     return run.stats

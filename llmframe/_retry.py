@@ -121,6 +121,7 @@ class RetryPolicy:
     stop: tenacity.stop.stop_base
     wait: wait_base
     retry: tenacity.retry.retry_base
+    fallback: wait_base
 
     @classmethod
     def build(
@@ -140,7 +141,14 @@ class RetryPolicy:
             stop=tenacity.stop_after_attempt(max_attempts),
             wait=wait_retry_after(backoff, max_retry_after),
             retry=tenacity.retry_if_exception(lambda e: getattr(e, "retryable", False)),
+            fallback=backoff,
         )
+
+    def backoff(self, attempt_number: int) -> float:
+        """The exponential backoff alone, ignoring any Retry-After."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt_number
+        return float(self.fallback(state))
 
     def next_wait(self, attempt_number: int, error: BaseException) -> float | None:
         """Seconds to wait before attempt ``attempt_number + 1``, or None to give up."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,8 +31,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0) -> T:
-    """Run ``main()`` to completion on its own loop in a worker thread and return its value."""
+def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0,
+             on_interrupt: Callable[[], None] | None = None) -> T:
+    """Run ``main()`` to completion on its own loop in a worker thread and return its value.
+
+    On Ctrl-C: without ``on_interrupt`` the run is cancelled at once. With it (called on the
+    calling thread; it should ask the run to wind down, e.g. ``RunControl.stop_threadsafe``),
+    the run gets ``grace`` seconds to finish what is in flight; a second Ctrl-C or the end of
+    the grace period cancels it. Either way ``KeyboardInterrupt`` is re-raised afterwards.
+    """
     box: dict[str, Any] = {}
     ready = threading.Event()
 
@@ -55,16 +63,27 @@ def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0) -> T:
 
     thread = threading.Thread(target=target, name="llmframe-run", daemon=True)
     thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.05)
-    except KeyboardInterrupt:
+    def cancel() -> None:
         ready.wait()
         loop, task = box.get("loop"), box.get("task")
         if loop is not None and task is not None and not loop.is_closed():
             # RuntimeError: the loop closed in between, so there is nothing left to cancel
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
+
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+    except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
+            try:
+                deadline = time.monotonic() + grace
+                while thread.is_alive() and time.monotonic() < deadline:
+                    thread.join(0.05)
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C: stop waiting
+        cancel()
         thread.join(grace)
         raise
     error = box.get("error")

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -47,6 +48,16 @@ def shard_config(config: RunConfig, n: int) -> RunConfig:
                    concurrency=math.ceil(config.concurrency / n))
 
 
+class _Shard:
+    __slots__ = ("inner", "n", "shard")
+
+    def __init__(self, shard: int, n: int, inner: Callable[[int], bool] | None) -> None:
+        self.shard, self.n, self.inner = shard, n, inner
+
+    def __call__(self, index: int) -> bool:
+        return index % self.n == self.shard and (self.inner is None or self.inner(index))
+
+
 def _snapshot(stats: RunStats, final: bool) -> dict[str, Any]:
     return {
         "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
@@ -56,11 +67,10 @@ def _snapshot(stats: RunStats, final: bool) -> dict[str, Any]:
     }
 
 
-def _worker(run: FileRun, shard: int, n: int, conn: Connection) -> None:
+def _worker(run: FileRun, shard: int, n: int, conn: Connection, grace: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     parent = os.getppid()
-    run.keep = (lambda i: i % n == shard) if run.keep is None else (
-        lambda i, keep=run.keep: i % n == shard and keep(i))
+    run.keep = _Shard(shard, n, run.keep)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -70,11 +80,20 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection) -> None:
             conn.send(_snapshot(run.stats, final=False))
             if os.getppid() != parent:  # orphaned: stop and flush
                 main.cancel()
+                return
 
     async def go() -> None:
         main = asyncio.current_task()
         assert main is not None
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+
+        def on_term() -> None:  # first: wind down within the grace period; second: now
+            if run.control.stop_requested:
+                main.cancel()
+            else:
+                run.control.stop()
+                loop.call_later(grace, main.cancel)
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         reporter = loop.create_task(report(main))
         try:
             await run_file_async(run)
@@ -90,7 +109,7 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection) -> None:
         loop.close()
 
 
-def run_sharded(run: FileRun, workers: int) -> RunStats:
+def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
     """Run ``run`` over ``workers`` processes; returns the combined stats.
 
     Raises KeyboardInterrupt after the workers have stopped and flushed, if interrupted.
@@ -108,7 +127,7 @@ def run_sharded(run: FileRun, workers: int) -> RunStats:
     for k in range(workers):
         parent_end, child_end = ctx.Pipe(duplex=False)
         part = replace(run, config=config, progress=False, stats=RunStats(), append=True)
-        proc = ctx.Process(target=_worker, args=(part, k, workers, child_end),
+        proc = ctx.Process(target=_worker, args=(part, k, workers, child_end, grace),
                            name=f"llmframe-worker-{k}", daemon=True)
         proc.start()
         child_end.close()
@@ -150,7 +169,7 @@ def run_sharded(run: FileRun, workers: int) -> RunStats:
     finally:
         bar.close()
         for p in procs:
-            p.join(15)
+            p.join(grace + 10)
             if p.is_alive():
                 p.kill()
         stats.finished = time.monotonic()

@@ -1,7 +1,8 @@
 """The ``llmframe`` command line.
 
 Exit codes of ``llmframe run``: 0 every row answered; 1 some rows ended as errors (see the
-errors file); 2 bad usage or configuration (nothing was sent); 130 interrupted.
+errors file); 2 bad usage or configuration (nothing was sent); 130 interrupted by Ctrl-C
+(SIGINT), 143 stopped by SIGTERM — finished rows are saved; rerun with --resume.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from . import __version__
 from ._config import Endpoint, RunConfig, coerce_endpoints, parse_endpoint_spec
 from ._exceptions import ConfigError, InputFileError
 from ._files import FileRun, default_paths, run_file_async
+from ._resume import OutputsExist, prepare_outputs
 from ._runner import run_sync
 from ._summary import format_summary
 from ._workers import run_sharded
 
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class UsageProblem(click.ClickException):
@@ -111,6 +113,15 @@ def cli() -> None:
               help="Extra body parameter, VALUE parsed as JSON if it can be (temperature=0.2).")
 @click.option("--max-tokens", type=int, help="Shortcut for --param max_tokens=N.")
 @click.option("--timeout", type=float, default=60.0, help="Seconds per attempt.")
+@click.option("--resume", is_flag=True,
+              help="Continue a run whose outputs exist: send only rows with no result yet.")
+@click.option("--retry-errors", is_flag=True,
+              help="Like --resume, but also send again the rows in the errors file (the old "
+                   "errors file is kept as ERRORS.prev).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--grace", type=float, default=5.0,
+              help="On Ctrl-C/SIGTERM: seconds to let in-flight requests finish before "
+                   "cancelling them (a second Ctrl-C cancels at once).")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1,
               help="Processes to shard rows over (the rate and concurrency are split "
                    "between them exactly). Use 2+ only for thousands of requests/s.")
@@ -120,7 +131,8 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         endpoints_file: Path | None, mock: int | None, mock_latency: str, mock_faults: str,
         rps: float, concurrency: int, max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
-        max_tokens: int | None, timeout: float, workers: int, progress: bool | None) -> None:
+        max_tokens: int | None, timeout: float, resume: bool, retry_errors: bool,
+        overwrite: bool, grace: float, workers: int, progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
     \b
@@ -131,8 +143,13 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
           --save_filepath out.jsonl -e url=https://api.openai.com/v1,key_env=OPENAI_API_KEY
 
     \b
+    Existing outputs are never overwritten silently: pass --resume (send only rows without a
+    result; safe after a crash or kill -9), --retry-errors, or --overwrite.
+
+    \b
     Exit codes: 0 all rows ok; 1 some rows ended as errors; 2 bad usage or configuration
-    (nothing sent); 130 interrupted.
+    (nothing sent); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): finished rows are
+    saved, rerun with --resume.
     """
     if requests and requests_alias and requests != requests_alias:
         msg = "give the requests file once: REQUESTS or --requests_filepath"
@@ -162,6 +179,12 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         raise UsageProblem(msg)
     default_save, default_errors = default_paths(path)
     save, errors = save or default_save, errors or default_errors
+    if overwrite and (resume or retry_errors):
+        msg = "--overwrite cannot be combined with --resume or --retry-errors"
+        raise UsageProblem(msg)
+    if save.resolve() == errors.resolve() or path.resolve() in (save.resolve(), errors.resolve()):
+        msg = "the requests, save and errors files must be three different files"
+        raise UsageProblem(msg)
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -180,11 +203,21 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         if mock:
             click.echo(f"llmframe: using {mock} local test endpoint(s) started by --mock "
                        "(not a real LLM: answers echo the prompt)", err=True)
-        job = FileRun(path, save, errors, config, progress=progress)
         if mock and workers > 1:
             msg = "--workers needs endpoints in their own processes; use serve-mock, not --mock"
             raise UsageProblem(msg)
-        code = _run_job(job, labels, workers)
+        try:
+            keep, append, note = prepare_outputs(save, errors, resume=resume,
+                                                 retry_errors=retry_errors, overwrite=overwrite)
+        except OutputsExist as exc:
+            msg = (f"outputs already exist: {exc}. Pass --resume to send only the rows "
+                   "without a result, --retry-errors to also resend failed rows, or "
+                   "--overwrite to replace them")
+            raise UsageProblem(msg) from None
+        if note:
+            click.echo(f"llmframe: {note}", err=True)
+        job = FileRun(path, save, errors, config, progress=progress, append=append, keep=keep)
+        code = _run_job(job, labels, workers, grace)
     sys.exit(code)
 
 
@@ -208,19 +241,22 @@ def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
     return out
 
 
-def _run_job(job: FileRun, labels: dict[str, str], workers: int = 1) -> int:
+def _run_job(job: FileRun, labels: dict[str, str], workers: int, grace: float) -> int:
     weights = [ep.weight for ep in job.config.endpoints]
+    signals: list[int] = []
 
     def on_term(signum: int, frame: Any) -> None:
+        signals.append(signum)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
     interrupted = False
     try:
         if workers > 1:
-            run_sharded(job, workers)
+            run_sharded(job, workers, grace=grace)
         else:
-            run_sync(lambda: run_file_async(job))
+            run_sync(lambda: run_file_async(job), grace=grace,
+                     on_interrupt=job.control.stop_threadsafe)
     except KeyboardInterrupt:
         interrupted = True
     except InputFileError as exc:
@@ -233,10 +269,13 @@ def _run_job(job: FileRun, labels: dict[str, str], workers: int = 1) -> int:
                    err=True)
         return EXIT_OK
     click.echo(format_summary(stats, weights, labels=labels, interrupted=interrupted), err=True)
-    click.echo(f"  answers: {job.save}  ({stats.ok:,} lines)", err=True)
-    click.echo(f"  errors:  {job.errors}  ({stats.errors:,} lines)", err=True)
+    verb = "appended" if job.append else "lines"
+    click.echo(f"  answers: {job.save}  ({stats.ok:,} {verb})", err=True)
+    click.echo(f"  errors:  {job.errors}  ({stats.errors:,} {verb})", err=True)
     if interrupted:
-        return EXIT_INTERRUPTED
+        click.echo("  not finished: rerun the same command with --resume to send the rest",
+                   err=True)
+        return EXIT_TERMINATED if signal.SIGTERM in signals else EXIT_INTERRUPTED
     return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
 
 

@@ -131,7 +131,8 @@ def test_endpoints_file_and_key_from_env_never_printed(tmp_path, mock_server):
     everything = proc.stdout + proc.stderr + (tmp_path / "r.save.jsonl").read_text() + (
         tmp_path / "r.errors.jsonl").read_text()
     assert "sk-live-abcdef123456" not in everything
-    assert a.auth_seen == {"Bearer sk-live-abcdef123456": 30}
+    assert set(a.auth_seen) == {"Bearer sk-live-abcdef123456"}
+    assert a.auth_seen["Bearer sk-live-abcdef123456"] >= 30  # 3:1, more once b cools down
     assert not b.auth_seen
 
 
