@@ -37,7 +37,7 @@ out.select("index", "input", "response", "attempts", "latency_ms").head(5)"""),
 md("Every row got its own answer, aligned with its prompt:"),
 code("""aligned = (out["response"] == "echo: " + out["input"]).all()
 print("aligned:", aligned)"""),
-md("How the work was split across endpoints (weights 3 : 2 : 1), and their latency:"),
+md("How the work was split across endpoints (weights 3 : 2 : 1; the flaky one's 429s pause it briefly and shrink its window, so it gives a little of its share to the others), and their latency:"),
 code("""split = (
     out.with_columns(pl.col("endpoint").replace(names).alias("name"))
     .group_by("name")

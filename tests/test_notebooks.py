@@ -37,7 +37,10 @@ def test_quickstart_runs_and_shows_results():
     assert found, text
     shares = ast.literal_eval(found.group(1))
     assert shares.keys() == {"fast", "medium", "slow-flaky"}, text
-    assert abs(shares["fast"] - 0.5) < 0.03 and abs(shares["slow-flaky"] - 1 / 6) < 0.03
+    # weights 3:2:1; the flaky endpoint's 429s (Retry-After pauses, AIMD) move a little of
+    # its share to the others
+    assert shares["fast"] > shares["medium"] > shares["slow-flaky"] > 0.08
+    assert abs(shares["fast"] - 0.5) < 0.07 and abs(shares["medium"] - 1 / 3) < 0.07
     images = [o for c in nb.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) == 1  # the latency plot
