@@ -160,8 +160,8 @@ class _Target:
         self.transport = (FastTransport(self.url, self.headers) if fast
                           else AiohttpTransport(session, self.url, self.headers))
 
-    def eligible(self, now: float) -> bool:
-        if self.in_flight >= self.health.allowed(now):
+    def eligible(self, now: float, ignore_cooldown: bool = False) -> bool:
+        if self.in_flight >= self.health.allowed(now, ignore_cooldown):
             return False
         return self.limiter is None or self.limiter.has_capacity()
 
@@ -252,6 +252,9 @@ class _Run:
             if i is not None:
                 return targets[i]
         i = self.balancer.pick(lambda i: targets[i].eligible(now))
+        if i is None and all(t.health.cooling(now) for t in targets):
+            # no healthy endpoint at all: use them anyway, the rows' retry policy decides
+            i = self.balancer.pick(lambda i: targets[i].eligible(now, ignore_cooldown=True))
         return None if i is None else targets[i]
 
     def _idle_wait(self, now: float) -> float:

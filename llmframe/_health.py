@@ -12,6 +12,11 @@ tested with made-up times:
   typical latency, so one burst of 429s counts once) and grows by ~1 per window of
   successes back to its limit: the endpoint is slowed down, not the run.
 - **Retry-After** on a 429/503 pauses *that* endpoint until then; the others go on.
+
+Cooldown moves traffic to healthy endpoints; it never holds rows back when there is none:
+if every endpoint is cooling down, they are used anyway and each row's own retry policy
+(backoff, ``max_attempts``) decides, so a dead single endpoint fails rows promptly rather
+than stalling the run in ever longer cooldowns.
 """
 
 from __future__ import annotations
@@ -56,12 +61,19 @@ class Health:
         self.cooldowns = 0
         self.throttled = 0
 
-    def allowed(self, now: float) -> int:
-        if now < self.cooldown_until or now < self.paused_until:
+    def allowed(self, now: float, ignore_cooldown: bool = False) -> int:
+        if now < self.paused_until:
             return 0
-        if self.probing:
-            return 1
+        if not ignore_cooldown:
+            if now < self.cooldown_until:
+                return 0
+            if self.probing:
+                return 1
         return int(self.window) if self.window >= 1 else 1
+
+    def cooling(self, now: float) -> bool:
+        """In cooldown or waiting for its probe to succeed."""
+        return self.probing or now < self.cooldown_until
 
     def available_at(self) -> float:
         """When a cooling or paused endpoint may take a request again."""

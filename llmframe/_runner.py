@@ -42,6 +42,10 @@ def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0,
     """
     box: dict[str, Any] = {}
     ready = threading.Event()
+    # Wait on an Event, never on Thread.join: a KeyboardInterrupt raised inside join() can
+    # make CPython 3.11 mark a still-running thread as stopped (bpo-45274's fix), and then
+    # we would stop waiting for the run to flush.
+    finished = threading.Event()
 
     def target() -> None:
         loop = new_event_loop()
@@ -60,6 +64,7 @@ def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0,
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
+                finished.set()
 
     thread = threading.Thread(target=target, name="llmframe-run", daemon=True)
     thread.start()
@@ -72,19 +77,19 @@ def run_sync(main: Callable[[], Awaitable[T]], *, grace: float = 10.0,
                 loop.call_soon_threadsafe(task.cancel)
 
     try:
-        while thread.is_alive():
-            thread.join(0.05)
+        while not finished.wait(0.05):
+            pass
     except KeyboardInterrupt:
         if on_interrupt is not None:
             on_interrupt()
             try:
                 deadline = time.monotonic() + grace
-                while thread.is_alive() and time.monotonic() < deadline:
-                    thread.join(0.05)
+                while not finished.wait(0.05) and time.monotonic() < deadline:
+                    pass
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: stop waiting
         cancel()
-        thread.join(grace)
+        finished.wait(grace)
         raise
     error = box.get("error")
     if error is not None:

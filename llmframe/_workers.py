@@ -18,6 +18,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -77,8 +78,12 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection, grace: float) ->
     async def report(main: asyncio.Task[Any]) -> None:
         while True:
             await asyncio.sleep(_REPORT_EVERY)
-            conn.send(_snapshot(run.stats, final=False))
-            if os.getppid() != parent:  # orphaned: stop and flush
+            if os.getppid() != parent:  # orphaned (where PDEATHSIG is not available)
+                main.cancel()
+                return
+            try:
+                conn.send(_snapshot(run.stats, final=False))
+            except OSError:  # the parent is gone
                 main.cancel()
                 return
 
@@ -94,6 +99,12 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection, grace: float) ->
                 loop.call_later(grace, main.cancel)
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
+        # the parent died (even by kill -9): stop at once and flush, so a rerun with
+        # --resume never races a worker still appending
+        loop.add_signal_handler(signal.SIGUSR1, main.cancel)
+        _die_with_parent(signal.SIGUSR1)
+        if os.getppid() != parent:
+            main.cancel()
         reporter = loop.create_task(report(main))
         try:
             await run_file_async(run)
@@ -104,9 +115,23 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection, grace: float) ->
         with contextlib.suppress(asyncio.CancelledError):
             loop.run_until_complete(go())
     finally:
-        conn.send(_snapshot(run.stats, final=True))
+        with contextlib.suppress(OSError):
+            conn.send(_snapshot(run.stats, final=True))
         conn.close()
         loop.close()
+
+
+def _die_with_parent(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        pass
 
 
 def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
