@@ -87,7 +87,7 @@ def test_all_endpoints_down_for_seconds_then_back(mock_server):
     started = time.monotonic()
     try:
         results, _ = run_rows([f"q{i}" for i in range(n)], [a.url, b.url], rps=200,
-                              max_attempts=5, backoff_initial=0.2)
+                              max_attempts=5)  # default backoff: 0.5, 1, 2, 4 s
     finally:
         t.join()
     _all_accounted(results, n)
