@@ -43,12 +43,19 @@ def _positive(name: str, value: Any, where: str, *, integer: bool = False) -> No
 
 
 def redact_url(url: str) -> str:
-    """Drop any ``user:password@`` part of a URL so it can be shown."""
+    """The URL as it may be shown: no ``user:password@``, no query values (keys sometimes
+    travel as ``?api-key=...``).
+
+    >>> redact_url("https://u:pw@host/v1?api-key=sk-1&x=2")
+    'https://***@host/v1?api-key=***&x=***'
+    """
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{p.split('=', 1)[0]}=***" if "=" in p else p
+                     for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True, repr=False)

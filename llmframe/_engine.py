@@ -196,6 +196,7 @@ class _Run:
         self.finished = False
         self.stopping = False
         self.secrets: list[str] = []
+        self.secret_bytes: list[bytes] = []
 
     # -- waking ---------------------------------------------------------------------------
     def _wake_dispatcher(self, *_: Any) -> None:
@@ -401,6 +402,8 @@ class _Run:
         latency = perf_counter() - started
         health = target.health
         if error is None:
+            if self.secret_bytes and any(s in data for s in self.secret_bytes):
+                answer.text = self._redact_answer(answer.text)
             health.on_success(loop.time(), latency)
             target.stats.ok += 1
             target.stats.record_latency(latency)
@@ -425,6 +428,12 @@ class _Run:
         job.last_endpoint = target.index
         self.retry_pending += 1
         loop.call_later(wait, self._requeue, job)
+
+    def _redact_answer(self, text: Any) -> Any:
+        """An endpoint echoed a key back in a 200 answer: store it redacted."""
+        if isinstance(text, str):
+            return redact(text, self.secrets)
+        return orjson.loads(redact(orjson.dumps(text).decode(), self.secrets))
 
     def _http_error(self, status: int, headers: Any, data: bytes, target: _Target) -> AttemptError:
         excerpt = redact(data[:_BODY_EXCERPT].decode("utf-8", "replace"), self.secrets)
@@ -451,6 +460,7 @@ class _Run:
         config = self.config
         self.targets = [_Target(i, ep, config) for i, ep in enumerate(config.endpoints)]
         self.secrets = [k for ep in config.endpoints if (k := ep.api_key())]
+        self.secret_bytes = [k.encode() for k in self.secrets]
         self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
         self.limiter = Pacer(config.rps) if config.rps else None
         self.stats.endpoints = [t.stats for t in self.targets]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -263,6 +264,10 @@ class _Protocol(asyncio.Protocol):
             counts["400"] += 1
             self._send(_error(400, "body must be a JSON object"))
             return
+        if state.echo_auth and auth:  # a misbehaving server that echoes the key back
+            for m in doc.get("messages") or []:
+                if isinstance(m, dict) and m.get("role") == "user":
+                    m["content"] = f"{_text_of(m.get('content'))} (Authorization: {auth})"
         status, payload = answer(path, doc, state)
         counts["ok" if status == 200 else str(status)] += 1
         self._later(_response(status, payload))
@@ -303,13 +308,15 @@ class _Protocol(asyncio.Protocol):
 
 
 async def serve(state: MockState, host: str = "127.0.0.1", port: int = 0,
-                sock: socket.socket | None = None) -> asyncio.AbstractServer:
+                sock: socket.socket | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
     """Start serving ``state`` on the running loop; returns the asyncio server."""
     loop = asyncio.get_running_loop()
     if sock is not None:
-        return await loop.create_server(lambda: _Protocol(state), sock=sock, backlog=4096)
+        return await loop.create_server(lambda: _Protocol(state), sock=sock, backlog=4096,
+                                        ssl=ssl_context)
     return await loop.create_server(lambda: _Protocol(state), host, port, backlog=4096,
-                                    reuse_address=True)
+                                    reuse_address=True, ssl=ssl_context)
 
 
 class MockServer:
@@ -327,8 +334,10 @@ class MockServer:
     a free one).
     """
 
-    def __init__(self, *, port: int = 0, host: str = "127.0.0.1", **options: Any) -> None:
+    def __init__(self, *, port: int = 0, host: str = "127.0.0.1",
+                 ssl_context: ssl.SSLContext | None = None, **options: Any) -> None:
         self.state = MockState(**options)
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -337,7 +346,8 @@ class MockServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/v1"
 
     @property
     def counts(self) -> Counter[str]:
@@ -357,7 +367,8 @@ class MockServer:
             loop = self._loop = new_event_loop()
             asyncio.set_event_loop(loop)
             try:
-                self._server = loop.run_until_complete(serve(self.state, self.host, self.port))
+                self._server = loop.run_until_complete(
+                    serve(self.state, self.host, self.port, ssl_context=self.ssl_context))
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as exc:
                 failure.append(exc)
