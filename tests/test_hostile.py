@@ -76,7 +76,8 @@ def server():
         yield srv
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=hostile_file)
 def test_every_line_ends_as_one_result_or_one_error(server, tmp_path_factory, content):
     d = tmp_path_factory.mktemp("h")
