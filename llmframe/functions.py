@@ -6,6 +6,7 @@ The namespace classes (``df.llm``, ``pl.col(...).llm``) only forward here.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from ._checkpoint import Checkpoint
 from ._config import API, EndpointLike, RunConfig
 from ._engine import Result, Row, RunStats, stream_results
 from ._exceptions import ConfigError, Interrupted
@@ -64,6 +66,23 @@ class _Collected:
         meta["status"][i] = r.status
         self.answered += 1
 
+    def record(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a checkpoint line."""
+        rec = {"index": i, "response": self.response[i], "error": self.error[i]}
+        rec.update((name, values[i]) for name, values in self.meta.items())
+        return rec
+
+    def restore(self, rec: Mapping[str, Any]) -> None:
+        """Fill row ``rec["index"]`` from a checkpoint line."""
+        i = rec["index"]
+        if not 0 <= i < self.n:
+            return
+        self.response[i] = rec.get("response")
+        self.error[i] = rec.get("error")
+        for name, values in self.meta.items():
+            values[i] = rec.get(name)
+        self.answered += 1
+
 
 def _config(endpoints: Any, *, rps: float | None, concurrency: int, max_attempts: int,
             timeout: float, model: str | None, system: str | None,
@@ -85,26 +104,48 @@ def _prompts(df: pl.DataFrame, column: str | pl.Expr) -> pl.Series:
     return series
 
 
-def _rows(series: pl.Series, chunk_size: int) -> Iterator[Row]:
+def _rows(series: pl.Series, chunk_size: int,
+          done: Mapping[int, Any] | None = None) -> Iterator[Row]:
     # one chunk of Python strings at a time: memory stays bounded by chunk_size
     for start in range(0, len(series), chunk_size):
         chunk = series.slice(start, chunk_size).to_list()
         for offset, text in enumerate(chunk):
-            if text is not None:  # null prompt: nothing is sent, the response stays null
-                yield start + offset, {"input": text}, None
+            index = start + offset
+            # null prompt: nothing is sent, the response stays null
+            if text is not None and (done is None or index not in done):
+                yield index, {"input": text}, None
 
 
 async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, progress: bool,
-                      out: _Collected) -> None:
+                      out: _Collected, checkpoint: Checkpoint | None = None) -> None:
     stats = RunStats()
-    total = len(series) - series.null_count()
+    done = checkpoint.load() if checkpoint is not None else {}
+    for record in done.values():
+        out.restore(record)
+    total = len(series) - series.null_count() - len(done)
     bar = Progress(stats, total, enabled=progress and total > 0, desc="llm")
+    flusher = None
+    if checkpoint is not None:
+        checkpoint.open()
+
+        async def flush_every_second() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                checkpoint.flush()
+
+        flusher = asyncio.get_running_loop().create_task(flush_every_second())
     try:
-        async for batch in stream_results(_rows(series, chunk_size), config, stats):
+        async for batch in stream_results(_rows(series, chunk_size, done), config, stats):
             for r in batch:
                 out.put(r)
+                if checkpoint is not None:
+                    checkpoint.write(out.record(r.index))
             bar.update(len(batch))
     finally:
+        if flusher is not None:
+            flusher.cancel()
+        if checkpoint is not None:
+            checkpoint.close()
         bar.close()
 
 
@@ -144,6 +185,7 @@ def complete(
     error: str = "error",
     metadata: bool = False,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> pl.DataFrame:
     """Send one request per row of ``column`` and add ``output`` and ``error`` columns.
 
@@ -154,7 +196,9 @@ def complete(
     Works in scripts and inside Jupyter's running loop (the run has its own loop in a
     worker thread). On Ctrl-C / kernel interrupt it stops promptly and raises
     :class:`llmframe.Interrupted`; the rows answered so far are in ``exc.partial`` and in
-    ``llmframe.recover()``.
+    ``llmframe.recover()``. With ``checkpoint="path.jsonl"`` finished rows are also
+    persisted as they complete (flushed every second); calling again with the same frame
+    and path — after a crash, in a new kernel — sends only the rows not yet finished.
 
     Examples
     --------
@@ -167,8 +211,11 @@ def complete(
                      timeout=timeout, model=model, system=system, params=params, api=api)
     series = _prompts(df, column)
     out = _Collected(len(series))
+    ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
+    if ckpt is not None:
+        ckpt.load()  # a checkpoint of another input fails here, before anything is sent
     try:
-        run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
+        run_sync(lambda: _run_series(series, config, chunk_size, progress, out, ckpt))
     except KeyboardInterrupt:
         partial = _interrupted_frame(df, series, out, output=output, error=error,
                                      metadata=metadata)
@@ -211,6 +258,7 @@ async def acomplete(
     error: str = "error",
     metadata: bool = False,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> pl.DataFrame:
     """``complete`` for async code: ``await df.llm.acomplete(...)`` on the caller's loop."""
     _check(chunk_size, output, error)
@@ -218,8 +266,9 @@ async def acomplete(
                      timeout=timeout, model=model, system=system, params=params, api=api)
     series = _prompts(df, column)
     out = _Collected(len(series))
+    ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
     try:
-        await _run_series(series, config, chunk_size, progress, out)
+        await _run_series(series, config, chunk_size, progress, out, ckpt)
     except asyncio.CancelledError:
         _interrupted_frame(df, series, out, output=output, error=error, metadata=metadata)
         raise

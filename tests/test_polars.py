@@ -202,3 +202,44 @@ def test_interrupt_stops_promptly_and_keeps_answered_rows(tmp_path):
     answered, cut, height = map(int, line[1:])
     assert height == 400 and answered > 0 and cut > 0 and answered + cut == 400
     assert took < 10  # stops promptly: not waiting for the 30 s answers
+
+
+CHECKPOINT_SCRIPT = textwrap.dedent("""
+    import sys
+    import polars as pl, llmframe
+    url, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    df = pl.DataFrame({"p": [f"row {i}" if i % 10 else None for i in range(n)]})
+    out = df.llm.complete("p", endpoints=url, rps=300, checkpoint=path, metadata=True,
+                          progress=False)
+    ok = out["response"].to_list() == [None if p is None else "echo: " + p for p in df["p"]]
+    print("complete", ok, out["attempts"].is_not_null().sum(), flush=True)
+""")
+
+
+def test_checkpoint_survives_a_killed_kernel(tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "llmframe", "serve-mock", "--port", "0",
+                               "--latency", "0.05,0.4"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+        script = tmp_path / "ckpt.py"
+        script.write_text(CHECKPOINT_SCRIPT)
+        ckpt = tmp_path / "run.ckpt.jsonl"
+        n = 1500
+        first = subprocess.Popen([sys.executable, script, url, ckpt, str(n)], cwd=ROOT)
+        time.sleep(3.0)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        saved = ckpt.read_text().splitlines()
+        assert 1 < len(saved) < n  # header + some finished rows
+        with ckpt.open("a") as f:
+            f.write('{"index": 3, "resp')  # torn by the crash
+        second = subprocess.run([sys.executable, script, url, ckpt, str(n)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.split() == ["complete", "True", str(n - n // 10)]
+        # a different frame cannot reuse the checkpoint
+        with pytest.raises(llmframe.ConfigError, match="different input"):
+            pl.DataFrame({"p": ["other"]}).llm.complete("p", endpoints=url, checkpoint=ckpt)
+    finally:
+        server.terminate()
+        server.wait(10)
