@@ -57,6 +57,8 @@ async def run_file_async(run: FileRun) -> RunStats:
     """Stream ``run.requests`` through the engine, writing both files as results complete."""
     rows = iter_rows(run.requests, run.keep)
     total = count_lines(run.requests) if run.progress else None
+    if total is not None:
+        total -= len(getattr(run.keep, "done", ()))  # a resumed run: rows already done
     with JsonlWriter(run.save, append=run.append) as save, \
             JsonlWriter(run.errors, append=run.append) as errors:
         bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))

@@ -8,9 +8,10 @@ tested with made-up times:
   out of rotation for ``cooldown`` seconds (1 s, doubling to 30 s); its traffic goes to the
   others. When the cooldown ends one probe request is let through; a success brings the
   endpoint back, a failure starts a longer cooldown.
-- **AIMD on 429.** The endpoint's in-flight window is halved on a 429 (at most once per
-  typical latency, so one burst of 429s counts once) and grows by ~1 per window of
-  successes back to its limit: the endpoint is slowed down, not the run.
+- **AIMD on 429.** The endpoint's in-flight window is halved on a 429 (at most once a
+  second or per typical latency, whichever is longer, so one burst of 429s counts once)
+  and grows by ~1 per window of successes back to its limit: the endpoint is slowed down,
+  not the run.
 - **Retry-After** on a 429/503 pauses *that* endpoint until then; the others go on.
 
 Cooldown moves traffic to healthy endpoints; it never holds rows back when there is none:
@@ -94,14 +95,15 @@ class Health:
         sent before the breaker tripped says nothing new (it is not a failed probe)."""
         if status == 429:
             self.throttled += 1
-            if now - self._last_decrease >= max(0.2, self._ewma_latency):
+            if now - self._last_decrease >= max(1.0, self._ewma_latency):
                 self.window = max(1.0, self.window / 2)
                 self._last_decrease = now
         if retry_after is not None and status in (429, 503):
             self.paused_until = max(self.paused_until, now + retry_after)
         if kind in _BROKEN or (status is not None and status >= 500):
-            if sent_at is not None and sent_at < self._tripped_at:
-                return
+            if sent_at is not None and (sent_at < self._tripped_at
+                                        or sent_at < self.cooldown_until):
+                return  # sent before the trip, or while all endpoints were cooling: no probe
             self.failures += 1
             if self.probing or self.failures >= self.threshold:
                 self.cooldown_until = now + self._cooldown

@@ -29,6 +29,8 @@ class EndpointLine:
     sent: int
     ok: int
     failed_attempts: int
+    cooldowns: int
+    throttled: int
     p50_ms: float | None
     p95_ms: float | None
 
@@ -39,7 +41,7 @@ def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
         lat = sorted(ep.latencies)
         p50, p95 = _quantile(lat, 0.5), _quantile(lat, 0.95)
         lines.append(EndpointLine(
-            ep.name, weight, ep.sent, ep.ok, ep.failed_attempts,
+            ep.name, weight, ep.sent, ep.ok, ep.failed_attempts, ep.cooldowns, ep.throttled,
             None if p50 is None else p50 * 1000, None if p95 is None else p95 * 1000,
         ))
     return lines
@@ -54,12 +56,13 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
     out = [
         f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s): "
         f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries"
+        + (f", {stats.unfinished:,} not finished" if stats.unfinished else "")
     ]
     rows = endpoint_lines(stats, weights)
     if rows:
         width = max(len(r.name) for r in rows)
         out.append(f"  {'endpoint':<{width}}  weight  {'sent':>8}  {'ok':>8}  {'failed':>7}  "
-                   f"{'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
+                   f"{'429s':>5}  {'cooldowns':>9}  {'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
         total_ok = sum(r.ok for r in rows) or 1
         for r in rows:
             p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.1f}"
@@ -67,7 +70,8 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
             label = (labels or {}).get(r.name, "")
             out.append(
                 f"  {r.name:<{width}}  {r.weight:>6g}  {r.sent:>8,}  {r.ok:>8,}  "
-                f"{r.failed_attempts:>7,}  {r.ok / total_ok:>6.1%}  {p50:>8}  {p95:>8}"
+                f"{r.failed_attempts:>7,}  {r.throttled:>5,}  {r.cooldowns:>9,}  "
+                f"{r.ok / total_ok:>6.1%}  {p50:>8}  {p95:>8}"
                 + (f"  {label}" if label else "")
             )
     return "\n".join(out)

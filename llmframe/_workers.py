@@ -63,8 +63,9 @@ def _snapshot(stats: RunStats, final: bool) -> dict[str, Any]:
     return {
         "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
         "in_flight": stats.in_flight, "final": final,
-        "endpoints": [(e.sent, e.ok, e.failed_attempts, e.latencies if final else None)
-                      for e in stats.endpoints],
+        "unfinished": stats.unfinished,
+        "endpoints": [(e.sent, e.ok, e.failed_attempts, e.cooldowns, e.throttled,
+                       e.latencies if final else None) for e in stats.endpoints],
     }
 
 
@@ -163,6 +164,8 @@ def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
     stats.started = time.monotonic()
     snaps: dict[int, dict[str, Any]] = {}
     total = count_lines(run.requests) if run.progress else None
+    if total is not None:
+        total -= len(getattr(run.keep, "done", ()))
     bar = Progress(stats, total, enabled=run.progress, desc=run.requests.name)
     interrupted = False
     open_conns = dict(enumerate(conns))
@@ -210,13 +213,17 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     stats.ok = sum(s["ok"] for s in values)
     stats.errors = sum(s["errors"] for s in values)
     stats.retries = sum(s["retries"] for s in values)
+    stats.unfinished = sum(s["unfinished"] for s in values)
     stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
     eps = [EndpointStats(ep.name) for ep in config.endpoints]
     for snap in values:
-        for ep, (sent, ok, failed, latencies) in zip(eps, snap["endpoints"], strict=False):
+        for ep, (sent, ok, failed, cooldowns, throttled, latencies) in zip(
+                eps, snap["endpoints"], strict=False):
             ep.sent += sent
             ep.ok += ok
             ep.failed_attempts += failed
+            ep.cooldowns += cooldowns
+            ep.throttled += throttled
             if latencies:
                 ep.latencies.extend(latencies)
     stats.endpoints = eps
