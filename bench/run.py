@@ -185,6 +185,7 @@ def main() -> None:
     req1 = make_requests(tmp / "r1.jsonl", n1)
     for client, cmd in [
         ("baseline aiohttp", base_cmd(req1, tmp / "b1.out", args.rate, conc)),
+        ("llmframe run", llmframe_cmd(req1, tmp / "l1.out", args.rate, conc, 1)),
         (f"llmframe run --workers {args.workers}",
          llmframe_cmd(req1, tmp / "w1.out", args.rate, conc, args.workers)),
     ]:

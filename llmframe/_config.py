@@ -246,8 +246,16 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
 class RunConfig:
     """Everything a run needs besides its rows. Validated on construction.
 
-    ``rps`` is the global request rate (retries included), ``concurrency`` the global bound
-    on requests in flight, ``timeout`` the per-attempt timeout in seconds.
+    ``rps`` is the global request rate (retries included; None: unpaced), ``concurrency``
+    the global bound on requests in flight, ``max_attempts`` the attempts per row (the first
+    included), ``timeout`` the per-attempt timeout in seconds. ``model``/``system``/``params``
+    shape each request body; ``api`` is ``chat``, ``completions`` or ``raw``. Retries wait
+    ``backoff_initial * 2**n`` up to ``backoff_max`` (up to 25% less, jittered), or what a
+    ``Retry-After`` asks up to ``max_retry_after``. ``transport``: ``auto`` (the fast HTTP/1.1
+    client for http://, aiohttp for https://), ``fast`` or ``aiohttp``.
+
+    >>> RunConfig(["http://127.0.0.1:8000/v1"], rps=100).rps
+    100
     """
 
     endpoints: tuple[Endpoint, ...]
@@ -263,7 +271,6 @@ class RunConfig:
     max_retry_after: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
-    seed: int | None = None
     transport: Literal["auto", "fast", "aiohttp"] = "auto"
 
     def __post_init__(self) -> None:
@@ -273,6 +280,9 @@ class RunConfig:
         _positive("concurrency", self.concurrency, "run", integer=True)
         _positive("max_attempts", self.max_attempts, "run", integer=True)
         _positive("timeout", self.timeout, "run")
+        _positive("backoff_initial", self.backoff_initial, "run")
+        _positive("backoff_max", self.backoff_max, "run")
+        _positive("max_retry_after", self.max_retry_after, "run")
         if self.api not in _APIS:
             msg = f"run: api must be one of {', '.join(_APIS)}, got {self.api!r}"
             raise ConfigError(msg)
