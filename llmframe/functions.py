@@ -84,13 +84,6 @@ class _Collected:
         self.answered += 1
 
 
-def _config(endpoints: Any, *, rps: float | None, concurrency: int, max_attempts: int,
-            timeout: float, model: str | None, system: str | None,
-            params: Mapping[str, Any] | None, api: API) -> RunConfig:
-    return RunConfig(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                     timeout=timeout, model=model, system=system, params=params or {}, api=api)
-
-
 def _prompts(df: pl.DataFrame, column: str | pl.Expr) -> pl.Series:
     expr = pl.col(column) if isinstance(column, str) else column
     if isinstance(column, str) and column not in df.columns:
@@ -167,6 +160,19 @@ def _check(chunk_size: int, output: str, error: str) -> None:
         raise ConfigError(msg)
 
 
+def _begin(df: pl.DataFrame, column: str | pl.Expr, chunk_size: int, output: str, error: str,
+           checkpoint: str | os.PathLike[str] | None, **run: Any
+           ) -> tuple[RunConfig, pl.Series, _Collected, Checkpoint | None]:
+    """Validate everything, before anything is sent; build the run's pieces."""
+    _check(chunk_size, output, error)
+    config = RunConfig(run.pop("endpoints"), **run)
+    series = _prompts(df, column)
+    ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
+    if ckpt is not None:
+        ckpt.load()  # a checkpoint of another input fails here
+    return config, series, _Collected(len(series)), ckpt
+
+
 def complete(
     df: pl.DataFrame,
     column: str | pl.Expr,
@@ -206,14 +212,10 @@ def complete(
     >>> df.llm.complete(pl.format("Describe {}", pl.col("text")),
     ...                 endpoints=["http://127.0.0.1:8000/v1"], rps=50)  # doctest: +SKIP
     """
-    _check(chunk_size, output, error)
-    config = _config(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                     timeout=timeout, model=model, system=system, params=params, api=api)
-    series = _prompts(df, column)
-    out = _Collected(len(series))
-    ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
-    if ckpt is not None:
-        ckpt.load()  # a checkpoint of another input fails here, before anything is sent
+    config, series, out, ckpt = _begin(
+        df, column, chunk_size, output, error, checkpoint, endpoints=endpoints, rps=rps,
+        concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, model=model,
+        system=system, params=params or {}, api=api)
     try:
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out, ckpt))
     except KeyboardInterrupt:
@@ -261,12 +263,10 @@ async def acomplete(
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> pl.DataFrame:
     """``complete`` for async code: ``await df.llm.acomplete(...)`` on the caller's loop."""
-    _check(chunk_size, output, error)
-    config = _config(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                     timeout=timeout, model=model, system=system, params=params, api=api)
-    series = _prompts(df, column)
-    out = _Collected(len(series))
-    ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
+    config, series, out, ckpt = _begin(
+        df, column, chunk_size, output, error, checkpoint, endpoints=endpoints, rps=rps,
+        concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, model=model,
+        system=system, params=params or {}, api=api)
     try:
         await _run_series(series, config, chunk_size, progress, out, ckpt)
     except asyncio.CancelledError:
@@ -297,8 +297,9 @@ def complete_expr(
     output type (which would send requests).
     """
     _check(chunk_size, "response", "error")
-    config = _config(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                     timeout=timeout, model=model, system=system, params=params, api=api)
+    config = RunConfig(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
+                       timeout=timeout, model=model, system=system, params=params or {},
+                       api=api)
 
     def run(series: pl.Series) -> pl.Series:
         if series.dtype not in (pl.String, pl.Null):
