@@ -16,6 +16,7 @@ Both are created inside a run (they hold loop-bound objects) and closed at its e
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -194,6 +195,7 @@ class FastTransport(Transport):
     """
 
     __slots__ = (
+        "_addrs",
         "_all",
         "_head",
         "_host",
@@ -225,12 +227,32 @@ class FastTransport(Transport):
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._loop = asyncio.get_running_loop()
+        self._addrs: list[str] = []
 
     async def _connect(self) -> _Conn:
-        _, conn = await self._loop.create_connection(
-            _Conn, self._host, self._port, ssl=self._ssl, server_hostname=self._server_hostname)
-        self._all.add(conn)
-        return conn
+        # Resolve the host once per run (not once per connection: a 1 s-latency run opens
+        # ~10,000), and remember which address answered ("localhost" may list ::1 first
+        # while the server only listens on 127.0.0.1).
+        if not self._addrs:
+            infos = await self._loop.getaddrinfo(self._host, self._port,
+                                                 type=socket.SOCK_STREAM)
+            self._addrs = list(dict.fromkeys(info[4][0] for info in infos))
+        error: OSError | None = None
+        for addr in list(self._addrs):
+            try:
+                _, conn = await self._loop.create_connection(
+                    _Conn, addr, self._port, ssl=self._ssl,
+                    server_hostname=self._server_hostname)
+            except OSError as exc:
+                error = exc
+                continue
+            if addr != self._addrs[0]:
+                self._addrs.remove(addr)
+                self._addrs.insert(0, addr)
+            self._all.add(conn)
+            return conn
+        assert error is not None
+        raise error
 
     async def post(self, body: bytes) -> Response:
         data = b"".join((self._head, str(len(body)).encode(), b"\r\n\r\n", body))

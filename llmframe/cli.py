@@ -86,6 +86,8 @@ def cli() -> None:
 @click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
               help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,"
                    "concurrency=N. Repeat for several.")
+@click.option("--request_url", "request_urls", multiple=True, hidden=True,
+              help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
               help="TOML file with a list of [[endpoints]] tables (url, weight, model, "
                    "api_key_env, rps, max_concurrency, timeout, headers).")
@@ -128,7 +130,8 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar. [default: on when stderr is a terminal]")
 def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tuple[str, ...],
-        endpoints_file: Path | None, mock: int | None, mock_latency: str, mock_faults: str,
+        request_urls: tuple[str, ...], endpoints_file: Path | None, mock: int | None,
+        mock_latency: str, mock_faults: str,
         rps: float, concurrency: int, max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
         max_tokens: int | None, timeout: float, resume: bool, retry_errors: bool,
@@ -168,7 +171,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     if max_tokens is not None:
         body_params["max_tokens"] = max_tokens
     try:
-        endpoints = [parse_endpoint_spec(s) for s in endpoint_specs]
+        endpoints = [parse_endpoint_spec(s) for s in (*endpoint_specs, *request_urls)]
         if endpoints_file is not None:
             endpoints += _load_endpoints_file(endpoints_file)
     except ConfigError as exc:

@@ -112,3 +112,10 @@ def test_http10_server_with_and_without_content_length(transport):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_localhost_name_resolves_once_and_falls_back_between_addresses(mock_server):
+    srv = mock_server()  # listens on 127.0.0.1 only; "localhost" may resolve to ::1 first
+    url = srv.url.replace("127.0.0.1", "localhost")
+    results, _ = run_rows([f"q{i}" for i in range(40)], [url], transport="fast")
+    assert all(results[i].response == f"echo: q{i}" for i in range(40))
