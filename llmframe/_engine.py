@@ -16,7 +16,7 @@ import random
 import re
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -195,6 +195,7 @@ class _Run:
         self.consumer_wake: asyncio.Future[None] | None = None
         self.finished = False
         self.stopping = False
+        self.on_result: Callable[[Result], None] | None = None
         self.secrets: list[str] = []
         self.secret_bytes: list[bytes] = []
 
@@ -226,6 +227,8 @@ class _Run:
             stats.ok += 1
         else:
             stats.errors += 1
+        if self.on_result is not None:
+            self.on_result(result)  # stored at once: an interrupt cannot lose it in a batch
         self.done.append(result)
         self._wake_consumer()
 
@@ -545,14 +548,15 @@ class RunControl:
 
 async def stream_results(
     rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None,
-    control: RunControl | None = None,
+    control: RunControl | None = None, on_result: Callable[[Result], None] | None = None,
 ) -> AsyncIterator[list[Result]]:
     """Send one request per row and yield batches of results as they complete.
 
     Every row yields exactly one :class:`Result`, unless the run is stopped early
     (``control.stop()``: rows not yet sent get none; ``stats.unfinished`` counts retries
     dropped). ``stats`` (optional) is kept up to date for progress display. Closing the
-    generator (or cancelling its task) stops the run at once.
+    generator (or cancelling its task) stops the run at once. ``on_result`` (optional) is
+    called with each result the moment it exists, before it is batched.
 
     >>> async def main(url):  # doctest: +SKIP
     ...     rows = [(0, {"input": "hi"}, None)]
@@ -560,6 +564,7 @@ async def stream_results(
     ...         print(batch[0].response)
     """
     run = _Run(rows, config, stats if stats is not None else RunStats())
+    run.on_result = on_result
     if control is not None:
         control._attach(run)
     async for batch in run.batches():

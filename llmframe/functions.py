@@ -127,12 +127,14 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
                 checkpoint.flush()
 
         flusher = asyncio.get_running_loop().create_task(flush_every_second())
+    def store(r: Result) -> None:
+        out.put(r)
+        if checkpoint is not None:
+            checkpoint.write(out.record(r.index))
+
     try:
-        async for batch in stream_results(_rows(series, chunk_size, done), config, stats):
-            for r in batch:
-                out.put(r)
-                if checkpoint is not None:
-                    checkpoint.write(out.record(r.index))
+        rows = _rows(series, chunk_size, done)
+        async for batch in stream_results(rows, config, stats, on_result=store):
             bar.update(len(batch))
     finally:
         if flusher is not None:
