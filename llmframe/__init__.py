@@ -8,7 +8,7 @@ from importlib import metadata as _metadata
 
 from . import _namespace  # noqa: F401 - registers df.llm and pl.col(...).llm
 from ._config import Endpoint, RunConfig
-from ._engine import Result, RunStats, stream_results
+from ._engine import Result, RunControl, RunStats, stream_results
 from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError
 from ._frame_io import read_jsonl, write_results
 from ._jsonl import iter_rows
@@ -27,6 +27,7 @@ __all__ = [
     "LLMFrameError",
     "Result",
     "RunConfig",
+    "RunControl",
     "RunStats",
     "__version__",
     "acomplete",

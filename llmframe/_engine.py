@@ -11,6 +11,7 @@ Everything loop-bound (``ClientSession``, limiters, futures) is created inside t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 import re
@@ -171,8 +172,7 @@ def _endpoint_limiter(rps: float) -> AsyncLimiter:
     refilled continuously, so no burst of a whole second's budget ever goes out at once.
     The dispatcher only checks ``has_capacity()`` before choosing the endpoint."""
     bucket = max(1.0, rps / 100)
-    limiter = AsyncLimiter(bucket, bucket / rps)
-    return limiter
+    return AsyncLimiter(bucket, bucket / rps)
 
 
 class _Run:
@@ -477,7 +477,7 @@ class _Run:
     async def _close(self, *helpers: asyncio.Task[None]) -> None:
         for task in (*helpers, *self.tasks):
             task.cancel()
-        with _suppress_cancel():
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*helpers, *self.tasks, return_exceptions=True)
         for target in self.targets:
             await target.transport.close()
@@ -509,14 +509,6 @@ class _Run:
             finally:
                 self.stats.finished = loop.time()
                 await self._close(dispatcher, sweeper)
-
-
-class _suppress_cancel:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is asyncio.CancelledError
 
 
 class RunControl:
