@@ -134,7 +134,7 @@ class _Job:
 class _Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
-    __slots__ = ("endpoint", "headers", "health", "in_flight", "index", "limiter",
+    __slots__ = ("endpoint", "headers", "health", "in_flight", "index", "key", "limiter",
                  "max_in_flight", "model", "name", "stats", "timeout", "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
@@ -144,9 +144,9 @@ class _Target:
         self.url = endpoint.request_url(config.api)
         self.model = endpoint.model or config.model
         headers = {"Content-Type": "application/json", **(endpoint.headers or {})}
-        key = endpoint.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        self.key = endpoint.api_key()
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
         self.headers = headers
         self.timeout = endpoint.timeout or config.timeout
         self.limiter = _endpoint_limiter(endpoint.rps) if endpoint.rps else None
@@ -462,7 +462,7 @@ class _Run:
     def _open(self) -> None:
         config = self.config
         self.targets = [_Target(i, ep, config) for i, ep in enumerate(config.endpoints)]
-        self.secrets = [k for ep in config.endpoints if (k := ep.api_key())]
+        self.secrets = [t.key for t in self.targets if t.key]
         self.secret_bytes = [k.encode() for k in self.secrets]
         self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
         self.limiter = Pacer(config.rps) if config.rps else None

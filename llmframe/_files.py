@@ -13,7 +13,7 @@ from ._engine import RunControl, RunStats, stream_results
 from ._jsonl import JsonlWriter, error_record, iter_rows, success_record
 from ._summary import Progress
 
-__all__ = ["FileRun", "count_lines", "default_paths", "run_file_async"]
+__all__ = ["FileRun", "count_lines", "default_paths", "progress_total", "run_file_async"]
 
 
 def default_paths(requests: Path) -> tuple[Path, Path]:
@@ -53,12 +53,20 @@ class FileRun:
     control: RunControl = field(default_factory=RunControl)
 
 
+def progress_total(run: FileRun) -> int | None:
+    """Rows the progress bar expects: the file's lines, less those a resumed run has."""
+    if not run.progress:
+        return None
+    total = count_lines(run.requests)
+    if total is None:
+        return None
+    return total - len(getattr(run.keep, "done", ()))
+
+
 async def run_file_async(run: FileRun) -> RunStats:
     """Stream ``run.requests`` through the engine, writing both files as results complete."""
     rows = iter_rows(run.requests, run.keep)
-    total = count_lines(run.requests) if run.progress else None
-    if total is not None:
-        total -= len(getattr(run.keep, "done", ()))  # a resumed run: rows already done
+    total = progress_total(run)
     with JsonlWriter(run.save, append=run.append) as save, \
             JsonlWriter(run.errors, append=run.append) as errors:
         bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))

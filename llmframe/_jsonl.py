@@ -11,7 +11,6 @@ Output: ``{"index", <input fields>, "response", ...}`` lines in the save file an
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,8 @@ def error_record(result: Result) -> dict[str, Any]:
 
 
 class JsonlWriter:
-    """Append JSON lines to a file, flushed at least every ``flush_every`` seconds.
+    """Append JSON lines to a file; ``flush()`` writes what is buffered (the run calls it
+    every second, and a full buffer flushes itself).
 
     Lines are buffered and written with one ``os.write`` of whole lines on a file opened
     ``O_APPEND``, so several processes can append to the same file without a line ever
@@ -123,18 +123,16 @@ class JsonlWriter:
     leaves half a line but for a torn last write, which readers skip).
     """
 
-    __slots__ = ("_buf", "_fd", "_last_flush", "flush_every", "limit", "path")
+    __slots__ = ("_buf", "_fd", "limit", "path")
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False,
-                 flush_every: float = 1.0, limit: int = 1 << 18) -> None:
+                 limit: int = 1 << 18) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
         self._fd = os.open(self.path, flags, 0o644)
         self._buf = bytearray()
-        self.flush_every = flush_every
         self.limit = limit
-        self._last_flush = time.monotonic()
 
     def write(self, record: dict[str, Any]) -> None:
         self._buf += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
@@ -148,12 +146,6 @@ class JsonlWriter:
             view = view[written:]
         view.release()
         self._buf.clear()
-        self._last_flush = time.monotonic()
-
-    def tick(self) -> None:
-        """Flush if the last flush is older than ``flush_every``."""
-        if time.monotonic() - self._last_flush >= self.flush_every:
-            self.flush()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -98,7 +98,7 @@ def parse_response(api: str, data: bytes) -> Answer:
             retryable=True, body=data[:200].decode("utf-8", "replace"),
         ) from None
     if api == "raw":
-        return Answer(doc, *_usage(doc))
+        return Answer(doc, None, *_usage(doc))
     try:
         choice = doc["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
@@ -108,15 +108,15 @@ def parse_response(api: str, data: bytes) -> Answer:
             "invalid_response", "response has no choices[0] answer", status=200,
             retryable=True, body=data[:200].decode("utf-8", "replace"),
         ) from None
-    _, prompt_tokens, completion_tokens = _usage(doc)
+    prompt_tokens, completion_tokens = _usage(doc)
     return Answer(text, finish, prompt_tokens, completion_tokens)
 
 
-def _usage(doc: Any) -> tuple[str | None, int | None, int | None]:
+def _usage(doc: Any) -> tuple[int | None, int | None]:
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
-        return None, None, None
-    return None, usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
 def _json_type(value: Any) -> str:

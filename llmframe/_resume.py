@@ -126,11 +126,11 @@ def prepare_outputs(save: Path, errors: Path, *, resume: bool = False,
     sending (None: all rows), ``append`` whether to append to the files, and a note for the
     user. Raises :class:`OutputsExist` when outputs exist and no mode was chosen.
     """
-    existing = [p for p in (save, errors) if _lines(p)]
+    existing = {p: n for p in (save, errors) if (n := _lines(p))}
     if overwrite or (not existing and not retry_errors):
         return None, False, None
     if not (resume or retry_errors):
-        what = ", ".join(f"{p} ({_lines(p):,} lines)" for p in existing)
+        what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
         raise OutputsExist(what)
     done, dropped_save = scan(save)
     note = f"resuming: {len(done):,} rows already answered"

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._config import RunConfig
 from ._engine import EndpointStats, RunStats
-from ._files import FileRun, run_file_async
+from ._files import FileRun, progress_total, run_file_async
 from ._runner import new_event_loop
 from ._summary import Progress
 
@@ -140,8 +140,6 @@ def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
 
     Raises KeyboardInterrupt after the workers have stopped and flushed, if interrupted.
     """
-    from ._files import count_lines
-
     ctx = mp.get_context("spawn")
     # truncate (or keep, when appending) once, before any worker appends
     for path in (run.save, run.errors):
@@ -163,10 +161,7 @@ def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
     stats = run.stats
     stats.started = time.monotonic()
     snaps: dict[int, dict[str, Any]] = {}
-    total = count_lines(run.requests) if run.progress else None
-    if total is not None:
-        total -= len(getattr(run.keep, "done", ()))
-    bar = Progress(stats, total, enabled=run.progress, desc=run.requests.name)
+    bar = Progress(stats, progress_total(run), enabled=run.progress, desc=run.requests.name)
     interrupted = False
     open_conns = dict(enumerate(conns))
     try:

@@ -224,13 +224,21 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     sys.exit(code)
 
 
+def _parse_latency(text: str) -> float | tuple[float, float]:
+    """``"0.05"`` -> 0.05; ``"0.02,0.2"`` -> a random range (ValueError if neither)."""
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) not in (1, 2):
+        msg = f"latency must be S or S1,S2, got {text!r}"
+        raise ValueError(msg)
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
 def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
                  labels: dict[str, str]) -> list[Endpoint]:
     from .testing import MockServer
 
     try:
-        parts = [float(x) for x in latency.split(",")]
-        lat: float | tuple[float, float] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        lat = _parse_latency(latency)
         fault_rates = {k: float(v) for k, v in (f.split("=", 1) for f in faults.split(",") if f)}
         servers = [stack.enter_context(MockServer(latency=lat, faults=fault_rates, seed=i,
                                                   name=f"mock-{i + 1}")) for i in range(n)]
@@ -304,8 +312,7 @@ def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...], retr
     from .testing import MockState, serve
 
     try:
-        parts = [float(x) for x in latency.split(",")]
-        lat: float | tuple[float, float] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        lat = _parse_latency(latency)
         rates = {}
         for f in faults:
             kind, _, rate = f.partition("=")

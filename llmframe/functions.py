@@ -89,7 +89,10 @@ def _prompts(df: pl.DataFrame, column: str | pl.Expr) -> pl.Series:
     if isinstance(column, str) and column not in df.columns:
         msg = f"column {column!r} not found; the frame has {', '.join(df.columns) or 'no columns'}"
         raise ConfigError(msg)
-    series = df.select(expr.alias("__llm_prompt")).to_series()
+    return _check_strings(df.select(expr.alias("__llm_prompt")).to_series())
+
+
+def _check_strings(series: pl.Series) -> pl.Series:
     if series.dtype not in (pl.String, pl.Null):
         msg = (f"the prompt column must be String, got {series.dtype}; cast it "
                "(pl.col(...).cast(pl.String)) or build text with pl.format(...)")
@@ -304,9 +307,7 @@ def complete_expr(
                        api=api)
 
     def run(series: pl.Series) -> pl.Series:
-        if series.dtype not in (pl.String, pl.Null):
-            msg = f"llm.complete needs a String column, got {series.dtype}"
-            raise ConfigError(msg)
+        _check_strings(series)
         out = _Collected(len(series))
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
         return pl.Series(series.name, [

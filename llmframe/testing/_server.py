@@ -109,9 +109,12 @@ def _response(status: int, body: bytes, extra: bytes = b"") -> bytes:
     ))
 
 
+def _error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": "mock_error", "code": status}})
+
+
 def _error(status: int, message: str, extra: bytes = b"") -> bytes:
-    body = orjson.dumps({"error": {"message": message, "type": "mock_error", "code": status}})
-    return _response(status, body, extra)
+    return _response(status, _error_body(status, message), extra)
 
 
 def _text_of(content: Any) -> str:
@@ -128,8 +131,7 @@ def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
     if path.endswith(b"/chat/completions"):
         messages = doc.get("messages")
         if not isinstance(messages, list) or not messages:
-            return 400, orjson.dumps(
-                {"error": {"message": "'messages' must be a non-empty list", "code": 400}})
+            return 400, _error_body(400, "'messages' must be a non-empty list")
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         prompt = _text_of(users[-1].get("content")) if users else ""
         text = "echo: " + prompt
@@ -139,13 +141,12 @@ def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
     elif path.endswith(b"/completions"):
         prompt = doc.get("prompt")
         if not isinstance(prompt, str):
-            return 400, orjson.dumps({"error": {"message": "'prompt' must be a string",
-                                                "code": 400}})
+            return 400, _error_body(400, "'prompt' must be a string")
         text = "echo: " + prompt
         choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
         kind = "text_completion"
     else:
-        return 404, orjson.dumps({"error": {"message": "not found", "code": 404}})
+        return 404, _error_body(404, "not found")
     prompt_tokens = len(prompt.split()) + 1
     body = orjson.dumps({
         "id": "mock-1", "object": kind, "created": 0, "model": model, "choices": [choice],
