@@ -1,17 +1,26 @@
 """llmframe: one LLM request per row, balanced over OpenAI-compatible endpoints.
 
->>> import llmframe  # doctest: +SKIP
->>> llmframe.run_file("requests.jsonl", endpoints=["http://127.0.0.1:8000/v1"], rps=100)
+>>> import pathlib, tempfile
+>>> import llmframe
+>>> from llmframe.testing import MockServer
+>>> requests = pathlib.Path(tempfile.mkdtemp()) / "requests.jsonl"
+>>> _ = requests.write_text('{"input": "Hello"}\\n{"input": "World"}\\n')
+>>> with MockServer() as server:
+...     stats = llmframe.run_file(requests, endpoints=[server.url], rps=100)
+>>> stats.rows, stats.ok, stats.errors
+(2, 2, 0)
 """
 
 from importlib import metadata as _metadata
 
 from . import _namespace  # noqa: F401 - registers df.llm and pl.col(...).llm
 from ._config import Endpoint, RunConfig
-from ._engine import Result, RunControl, RunStats, stream_results
-from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError
+from ._engine import RunControl, stream_results
+from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError, StoreError
+from ._files import run_file
 from ._frame_io import read_jsonl, write_results
 from ._jsonl import iter_rows
+from ._results import EndpointStats, Result, RunStats
 from .functions import acomplete, complete, complete_expr, recover
 
 try:
@@ -22,6 +31,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "ConfigError",
     "Endpoint",
+    "EndpointStats",
     "InputFileError",
     "Interrupted",
     "LLMFrameError",
@@ -29,6 +39,7 @@ __all__ = [
     "RunConfig",
     "RunControl",
     "RunStats",
+    "StoreError",
     "__version__",
     "acomplete",
     "complete",
@@ -36,6 +47,7 @@ __all__ = [
     "iter_rows",
     "read_jsonl",
     "recover",
+    "run_file",
     "stream_results",
     "write_results",
 ]

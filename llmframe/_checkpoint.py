@@ -18,7 +18,8 @@ import orjson
 import polars as pl
 
 from ._exceptions import ConfigError
-from ._jsonl import JsonlWriter
+from ._results import Result
+from ._sinks import JsonlWriter, clean_lines
 
 __all__ = ["Checkpoint", "fingerprint"]
 
@@ -35,7 +36,7 @@ def fingerprint(series: pl.Series, chunk_size: int = 100_000) -> str:
 
 
 class Checkpoint:
-    """Load what a checkpoint file holds; append new results to it."""
+    """Load what a checkpoint file holds; store new results in it (a result sink)."""
 
     def __init__(self, path: str | os.PathLike[str], series: pl.Series) -> None:
         self.path = Path(path)
@@ -53,38 +54,34 @@ class Checkpoint:
         self._loaded = True
         if not self.path.exists() or self.path.stat().st_size == 0:
             return {}
+        self._check_header()
+
+        def accept(record: Any) -> bool:
+            index = record.get("index") if isinstance(record, dict) else None
+            if isinstance(index, bool) or not isinstance(index, int):
+                return False
+            self.done[index] = record
+            return True
+
+        clean_lines(self.path, accept, skip_first=True)  # drops a torn last line
+        return self.done
+
+    def _check_header(self) -> None:
         with self.path.open("rb") as f:
             first = f.readline()
-            try:
-                header = orjson.loads(first)
-            except orjson.JSONDecodeError:
-                header = None
-            if not isinstance(header, dict) or "llmframe_checkpoint" not in header:
-                msg = f"{self.path} is not an llmframe checkpoint; pass another path"
-                raise ConfigError(msg)
-            if (header.get("rows"), header.get("fingerprint")) != (
-                    self.header["rows"], self.header["fingerprint"]):
-                msg = (f"checkpoint {self.path} was written for a different input "
-                       f"({header.get('rows')} rows, other prompts); delete it or pass "
-                       "another path")
-                raise ConfigError(msg)
-            good = [first]
-            torn = False
-            for raw in f:
-                try:
-                    record = orjson.loads(raw) if raw.endswith(b"\n") else None
-                except orjson.JSONDecodeError:
-                    record = None
-                if isinstance(record, dict) and isinstance(record.get("index"), int):
-                    self.done[record["index"]] = record
-                    good.append(raw)
-                else:
-                    torn = True
-        if torn:  # rewrite without the torn line(s), atomically
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(good))
-            os.replace(tmp, self.path)
-        return self.done
+        try:
+            header = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or "llmframe_checkpoint" not in header:
+            msg = f"{self.path} is not an llmframe checkpoint; pass another path"
+            raise ConfigError(msg)
+        if (header.get("rows"), header.get("fingerprint")) != (
+                self.header["rows"], self.header["fingerprint"]):
+            msg = (f"checkpoint {self.path} was written for a different input "
+                   f"({header.get('rows')} rows, other prompts); delete it or pass "
+                   "another path")
+            raise ConfigError(msg)
 
     def open(self) -> None:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
@@ -93,9 +90,9 @@ class Checkpoint:
             self._writer.write(self.header)
             self._writer.flush()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, result: Result) -> None:
         assert self._writer is not None
-        self._writer.write(record)
+        self._writer.write(record_of(result))
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -103,5 +100,19 @@ class Checkpoint:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
+
+
+def record_of(r: Result) -> dict[str, Any]:
+    """A result as a checkpoint line (and as the polars columns read it back)."""
+    response = r.response
+    if response is not None and not isinstance(response, str):
+        response = orjson.dumps(response).decode()
+    return {
+        "index": r.index, "response": response if r.error is None else None,
+        "error": r.error, "attempts": r.attempts, "endpoint": r.endpoint,
+        "latency_ms": None if r.latency is None else r.latency * 1000,
+        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "finish_reason": r.finish_reason, "error_type": r.error_type, "status": r.status,
+    }

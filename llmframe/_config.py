@@ -7,18 +7,21 @@ key: an endpoint names the environment variable the key is read from when a run 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ._exceptions import ConfigError
+from ._secrets import redact_url
 
 __all__ = [
     "API", "Endpoint", "EndpointLike", "RunConfig", "coerce_endpoints", "parse_endpoint_spec",
+    "run_config",
 ]
 
 API = Literal["chat", "completions", "raw"]
@@ -40,22 +43,6 @@ def _positive(name: str, value: Any, where: str, *, integer: bool = False) -> No
     if not (value > 0 and math.isfinite(value)):
         msg = f"{where}: {name} must be > 0, got {value!r}"
         raise ConfigError(msg)
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may be shown: no ``user:password@``, no query values (keys sometimes
-    travel as ``?api-key=...``).
-
-    >>> redact_url("https://u:pw@host/v1?api-key=sk-1&x=2")
-    'https://***@host/v1?api-key=***&x=***'
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "&".join(f"{p.split('=', 1)[0]}=***" if "=" in p else p
-                     for p in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -252,7 +239,9 @@ class RunConfig:
     shape each request body; ``api`` is ``chat``, ``completions`` or ``raw``. Retries wait
     ``backoff_initial * 2**n`` up to ``backoff_max`` (up to 25% less, jittered), or what a
     ``Retry-After`` asks up to ``max_retry_after``. ``transport``: ``auto`` (the fast HTTP/1.1
-    client for http://, aiohttp for https://), ``fast`` or ``aiohttp``.
+    client for http://, aiohttp for https://), ``fast`` or ``aiohttp``, or a function
+    ``(url, headers) -> Transport`` (e.g. ``llmframe.testing.MockTransport``, for tests
+    without sockets).
 
     >>> RunConfig(["http://127.0.0.1:8000/v1"], rps=100).rps
     100
@@ -271,7 +260,7 @@ class RunConfig:
     max_retry_after: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
-    transport: Literal["auto", "fast", "aiohttp"] = "auto"
+    transport: Literal["auto", "fast", "aiohttp"] | Callable[..., Any] = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))
@@ -286,9 +275,11 @@ class RunConfig:
         if self.api not in _APIS:
             msg = f"run: api must be one of {', '.join(_APIS)}, got {self.api!r}"
             raise ConfigError(msg)
-        if self.transport not in ("auto", "fast", "aiohttp"):
+        if not callable(self.transport) and self.transport not in ("auto", "fast", "aiohttp"):
             msg = f"run: transport must be auto, fast or aiohttp, got {self.transport!r}"
             raise ConfigError(msg)
+        if self.params is None:
+            object.__setattr__(self, "params", {})
         if not isinstance(self.params, Mapping):
             msg = f"run: params must be a dict, got {type(self.params).__name__}"
             raise ConfigError(msg)
@@ -299,3 +290,33 @@ class RunConfig:
             raise ConfigError(msg)
         for ep in self.endpoints:
             ep.api_key()  # a named but unset key variable fails now, not at the first request
+
+
+_OPTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "endpoints")
+
+
+def run_config(endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
+               config: RunConfig | None = None, **options: Any) -> RunConfig:
+    """One :class:`RunConfig` from ``config`` and/or keywords (the keywords win).
+
+    >>> run_config(["http://127.0.0.1:8000/v1"], rps=5).rps
+    5
+    >>> run_config(config=RunConfig(["http://127.0.0.1:8000/v1"]), max_attempts=2).max_attempts
+    2
+    """
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        msg = (f"unknown option(s) {', '.join(map(repr, unknown))}; run options are "
+               f"{', '.join(_OPTIONS)} (see llmframe.RunConfig)")
+        raise ConfigError(msg)
+    if config is None:
+        if endpoints is None:
+            msg = "no endpoints given: pass endpoints=[...] or config=RunConfig(...)"
+            raise ConfigError(msg)
+        return RunConfig(endpoints, **options)  # type: ignore[arg-type]
+    if not isinstance(config, RunConfig):
+        msg = f"config must be a llmframe.RunConfig, got {type(config).__name__}"
+        raise ConfigError(msg)
+    if endpoints is not None:
+        options["endpoints"] = endpoints
+    return dataclasses.replace(config, **options) if options else config

@@ -4,7 +4,9 @@ The tree::
 
     LLMFrameError
     ├── ConfigError      bad endpoints/options; raised before any request is sent
-    └── InputFileError   the requests file cannot be opened or read
+    ├── InputFileError   the requests file cannot be opened or read
+    └── StoreError       a result could not be stored (disk full, ...): the run stopped;
+                         what was stored before stays stored
 
     Interrupted (KeyboardInterrupt)   a run stopped by Ctrl-C / a kernel interrupt
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError"]
+__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError", "StoreError"]
 
 
 class LLMFrameError(Exception):
@@ -28,6 +30,10 @@ class ConfigError(LLMFrameError, ValueError):
 
 class InputFileError(LLMFrameError, OSError):
     """The input file is missing or unreadable."""
+
+
+class StoreError(LLMFrameError):
+    """A result could not be stored; the run stopped. ``__cause__`` is the original error."""
 
 
 class Interrupted(KeyboardInterrupt):

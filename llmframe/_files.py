@@ -1,19 +1,31 @@
-"""The file workflow: requests JSONL in, save and errors JSONL out, as results complete."""
+"""The file workflow: requests JSONL in, save and errors JSONL out, as results complete.
+
+:func:`run_file` is the library's whole ``llmframe run``: validate, decide what to do
+with existing outputs (refuse, resume, retry errors, overwrite), run (in this process or
+sharded over ``workers``), and return the :class:`~llmframe.RunStats` summary. The CLI
+parses arguments, calls it, and prints.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ._config import RunConfig
-from ._engine import RunControl, RunStats, stream_results
-from ._jsonl import JsonlWriter, error_record, iter_rows, success_record
+from ._config import EndpointLike, RunConfig, run_config
+from ._engine import RunControl, stream_results
+from ._exceptions import ConfigError, InputFileError, Interrupted
+from ._jsonl import iter_rows
+from ._results import RunStats
+from ._resume import prepare_outputs
+from ._runner import run_sync
+from ._sinks import FileSink
 from ._summary import Progress
 
-__all__ = ["FileRun", "count_lines", "default_paths", "progress_total", "run_file_async"]
+__all__ = ["FileRun", "count_lines", "default_paths", "progress_total", "run_file",
+           "run_file_async"]
 
 
 def default_paths(requests: Path) -> tuple[Path, Path]:
@@ -23,7 +35,7 @@ def default_paths(requests: Path) -> tuple[Path, Path]:
 
 
 def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
-    """Non-blank-ish line count for the progress total (None for very large files)."""
+    """Line count for the progress total (None for very large files)."""
     try:
         if path.stat().st_size > limit_bytes:
             return None
@@ -64,30 +76,102 @@ def progress_total(run: FileRun) -> int | None:
 
 
 async def run_file_async(run: FileRun) -> RunStats:
-    """Stream ``run.requests`` through the engine, writing both files as results complete."""
+    """Stream ``run.requests`` through the engine, storing each result as it completes."""
     rows = iter_rows(run.requests, run.keep)
     total = progress_total(run)
-    with JsonlWriter(run.save, append=run.append) as save, \
-            JsonlWriter(run.errors, append=run.append) as errors:
-        bar = Progress(run.stats, total, enabled=run.progress, desc=os.fspath(run.requests.name))
-
-        async def flush_every_second() -> None:
-            # durable as they complete: even with no new batch, nothing waits > 1 s in memory
-            while True:
-                await asyncio.sleep(1.0)
-                save.flush()
-                errors.flush()
-
-        flusher = asyncio.get_running_loop().create_task(flush_every_second())
+    with FileSink(run.save, run.errors, append=run.append) as sink:
+        bar = Progress(run.stats, total, enabled=run.progress,
+                       desc=os.fspath(run.requests.name))
         try:
-            async for batch in stream_results(rows, run.config, run.stats, run.control):
-                for result in batch:
-                    if result.error is None:
-                        save.write(success_record(result))
-                    else:
-                        errors.write(error_record(result))
+            async for batch in stream_results(rows, run.config, run.stats, run.control,
+                                              sink=sink):
                 bar.update(len(batch))
         finally:
-            flusher.cancel()
             bar.close()
     return run.stats
+
+
+def _paths(requests: str | os.PathLike[str], save: str | os.PathLike[str] | None,
+           errors: str | os.PathLike[str] | None) -> tuple[Path, Path, Path]:
+    path = Path(requests)
+    if not path.exists():
+        msg = f"requests file not found: {path}"
+        raise InputFileError(msg)
+    if path.is_dir():
+        msg = f"requests file is a directory: {path}"
+        raise InputFileError(msg)
+    default_save, default_errors = default_paths(path)
+    save_path = Path(save) if save is not None else default_save
+    errors_path = Path(errors) if errors is not None else default_errors
+    resolved = {p.resolve() for p in (path, save_path, errors_path)}
+    if len(resolved) < 3:
+        msg = "the requests, save and errors files must be three different files"
+        raise ConfigError(msg)
+    return path, save_path, errors_path
+
+
+def run_file(
+    requests: str | os.PathLike[str],
+    *,
+    endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
+    config: RunConfig | None = None,
+    save: str | os.PathLike[str] | None = None,
+    errors: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+    grace: float = 5.0,
+    on_note: Callable[[str], None] | None = None,
+    **options: Any,
+) -> RunStats:
+    """Send every line of ``requests`` and write ``save`` and ``errors`` JSONL files.
+
+    Run options as in ``df.llm.complete``: ``config=RunConfig(...)`` and/or its fields as
+    keywords (``rps``, ``concurrency``, ``max_attempts``, ``model``, ...). The outputs
+    default to ``REQUESTS.save.jsonl`` / ``REQUESTS.errors.jsonl``; existing outputs are
+    refused (:class:`ConfigError`) unless ``resume`` (send only rows without a result),
+    ``retry_errors`` (also send the failed rows again) or ``overwrite``. ``workers > 1``
+    shards the rows over processes. Returns the run's :class:`RunStats` (``rows``, ``ok``,
+    ``errors``, ``retries``, ``endpoints``; ``str()`` is the summary). Ctrl-C / SIGTERM
+    stop it gracefully (``grace`` seconds for requests in flight) and raise
+    :class:`Interrupted` with the stats in ``exc.partial``. ``on_note`` receives notes
+    such as "resuming: 120 rows already answered".
+
+    >>> import tempfile, pathlib
+    >>> from llmframe.testing import MockServer
+    >>> req = pathlib.Path(tempfile.mkdtemp()) / "requests.jsonl"
+    >>> _ = req.write_text('{"input": "hi", "id": 7}\\n{"input": "bye"}\\n')
+    >>> with MockServer() as srv:
+    ...     stats = run_file(req, endpoints=[srv.url], rps=100)
+    >>> stats.rows, stats.ok, stats.errors
+    (2, 2, 0)
+    >>> sorted(req.with_name("requests.save.jsonl").read_text().splitlines())[0][:64]
+    '{"index":0,"request":{"input":"hi","id":7},"response":"echo: hi"'
+    """
+    from ._workers import run_sharded
+
+    config = run_config(endpoints, config, **options)
+    path, save_path, errors_path = _paths(requests, save, errors)
+    if overwrite and (resume or retry_errors):
+        msg = "overwrite cannot be combined with resume or retry_errors"
+        raise ConfigError(msg)
+    keep, append, note = prepare_outputs(save_path, errors_path, resume=resume,
+                                         retry_errors=retry_errors, overwrite=overwrite)
+    if note and on_note is not None:
+        on_note(note)
+    job = FileRun(path, save_path, errors_path, config, progress=progress, append=append,
+                  keep=keep)
+    try:
+        if workers > 1:
+            run_sharded(job, workers, grace=grace)
+        else:
+            run_sync(lambda: run_file_async(job), grace=grace,
+                     on_interrupt=job.control.stop_threadsafe)
+    except KeyboardInterrupt:
+        msg = (f"interrupted: {job.stats.done:,} rows finished and saved; run again with "
+               "resume=True (--resume) to send the rest")
+        raise Interrupted(msg, job.stats) from None
+    return job.stats
+

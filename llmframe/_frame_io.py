@@ -1,8 +1,13 @@
 """JSONL <-> polars: ``read_jsonl`` and ``write_results``, in the CLI's formats.
 
-``read_jsonl(path) -> llm.complete("input") -> write_results(df, save, errors)`` writes the
-same lines as ``llmframe run path`` (the order of lines may differ: the CLI writes in
-completion order; both carry ``index``).
+``read_jsonl(path) -> llm.complete("input", metadata=True) -> write_results(df, save,
+errors)`` writes the same lines as ``llmframe run path`` (but ``latency_ms``, and the
+order of lines: the CLI writes in completion order; both carry ``index``).
+
+The frame mirrors the file layout, so nothing collides: ``index`` (the line number),
+``input`` (the text to send), ``request`` (the whole input line as JSON text, verbatim —
+decode it with ``pl.col("request").str.json_decode()`` to get its fields as a Struct),
+``read_error`` and ``raw_line`` for lines that cannot be sent.
 """
 
 from __future__ import annotations
@@ -14,85 +19,95 @@ from typing import Any
 import orjson
 import polars as pl
 
-from ._engine import Result
-from ._jsonl import JsonlWriter, error_record, iter_rows, success_record
+from ._jsonl import NotJson, iter_rows
 from ._protocols import RowError, prepare
+from ._results import Result
+from ._sinks import FileSink
 
 __all__ = ["read_jsonl", "write_results"]
 
-#: columns llmframe adds; everything else is an input field that passes through
-_OURS = ("index", "response", "error", "read_error", "raw_line", "attempts", "endpoint",
-         "latency_ms", "prompt_tokens", "completion_tokens", "finish_reason",
-         "error_type", "status")
+_SCHEMA = {"index": pl.Int64, "input": pl.String, "request": pl.String,
+           "read_error": pl.String, "raw_line": pl.String}
 
 
-def read_jsonl(path: str | os.PathLike[str], *, warn: bool = True) -> pl.DataFrame:
-    """Read a requests file into a frame with ``index`` (0-based line number) first.
+def read_jsonl(path: str | os.PathLike[str], *, api: str = "chat",
+               warn: bool = True) -> pl.DataFrame:
+    """Read a requests file into a frame: ``index``, ``input``, ``request``, ``read_error``,
+    ``raw_line``.
 
-    A line that cannot become a request (not JSON, not an object, no string ``input``) is
-    not fatal: its row has ``read_error`` (the reason) and ``raw_line`` (the line as JSON
-    text), with ``input`` null so ``llm.complete`` sends nothing for it; ``write_results``
-    writes it to the errors file. A warning says how many such lines there were.
+    A line that cannot become a request for ``api`` (not JSON, not an object; for
+    ``chat``/``completions`` also no string ``input``) is not fatal: its row has
+    ``read_error`` (the reason) and ``input`` null, so ``llm.complete`` sends nothing for
+    it, and ``write_results`` writes it to the errors file. A line that is not JSON keeps
+    its text in ``raw_line``. For ``api="raw"`` any object is a request: pass
+    ``pl.col("request")`` to ``complete(..., api="raw")``. A warning says how many lines
+    cannot be sent.
     """
-    good: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     bad = 0
     for index, payload, reason in iter_rows(path):
-        if reason is None:
+        if reason is None and api != "raw":
             try:
-                prepare(payload, "chat", system=None, params={})
+                prepare(payload, api, system=None, params={})
             except RowError as exc:
                 reason = str(exc)
-        if reason is None:
-            good.append({"index": index, **payload, "read_error": None, "raw_line": None})
-        else:
-            bad += 1
-            good.append({"index": index, "read_error": reason,
-                         "raw_line": orjson.dumps(payload).decode()})
+        text = payload.get("input") if reason is None and isinstance(payload, dict) else None
+        text = text if isinstance(text, str) else None
+        rows.append({
+            "index": index, "input": text,
+            "request": None if isinstance(payload, NotJson) else orjson.dumps(payload).decode(),
+            "read_error": reason,
+            "raw_line": str(payload) if isinstance(payload, NotJson) else None,
+        })
+        bad += reason is not None
     if bad and warn:
         warnings.warn(f"{path}: {bad} line(s) cannot be sent; see the read_error column",
                       stacklevel=2)
-    if not good:
-        return pl.DataFrame(schema={"index": pl.Int64, "input": pl.String,
-                                    "read_error": pl.String, "raw_line": pl.String})
-    df = pl.from_dicts(good, infer_schema_length=None, strict=False)
-    if "input" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("input"))
-    if df.schema["input"] != pl.String:
-        df = df.with_columns(pl.col("input").cast(pl.String))
-    front = ["index", "input"]
-    return df.select(front + [c for c in df.columns if c not in front])
+    return pl.DataFrame(rows, schema=_SCHEMA)
+
+
+def _result(row: dict[str, Any]) -> Result:
+    request = row.get("request")
+    payload: Any = NotJson(row.get("raw_line") or "") if request is None else orjson.loads(
+        request)
+    latency = row.get("latency_ms")
+    result = Result(
+        row["index"], payload, response=row.get("response"), error=row.get("error"),
+        attempts=row.get("attempts") or 0, endpoint=row.get("endpoint"),
+        latency=None if latency is None else latency / 1000,
+        prompt_tokens=row.get("prompt_tokens"), completion_tokens=row.get("completion_tokens"),
+        finish_reason=row.get("finish_reason"), error_type=row.get("error_type"),
+        status=row.get("status"),
+    )
+    if row.get("read_error") is not None:
+        result.error, result.error_type = row["read_error"], "invalid_input"
+    return result
 
 
 def write_results(df: pl.DataFrame, save_path: str | os.PathLike[str],
                   errors_path: str | os.PathLike[str]) -> tuple[int, int]:
     """Write answered rows to ``save_path`` and failed/unreadable rows to ``errors_path``.
 
-    Null input fields are left out of the lines (as a missing field in the input would be).
-    Returns ``(saved, errors)`` line counts.
+    ``df`` is a frame from :func:`read_jsonl` after ``llm.complete`` (any frame with
+    ``response``/``error`` works: without ``index`` the row number is used, without
+    ``request`` the ``input`` column becomes the request). A row counts as answered when it
+    has no error and either a response or, with ``metadata=True``, attempts — so an answer
+    whose content was null is written too. Returns ``(saved, errors)`` line counts.
     """
     if "index" not in df.columns:
         df = df.with_row_index("index")
-    fields = [c for c in df.columns if c not in _OURS]
+    if "request" not in df.columns:
+        df = df.with_columns(pl.when(pl.col("input").is_not_null()).then(
+            pl.struct(pl.col("input")).struct.json_encode()).alias("request"))
     saved = errors = 0
-    with JsonlWriter(save_path) as save, JsonlWriter(errors_path) as errs:
+    with FileSink(save_path, errors_path) as sink:  # type: ignore[arg-type]
         for row in df.iter_rows(named=True):
-            payload: Any = {k: row[k] for k in fields if row[k] is not None}
-            result = Result(
-                row["index"], payload, response=row.get("response"), error=row.get("error"),
-                attempts=row.get("attempts") or 0, endpoint=row.get("endpoint"),
-                latency=None if row.get("latency_ms") is None else row["latency_ms"] / 1000,
-                prompt_tokens=row.get("prompt_tokens"),
-                completion_tokens=row.get("completion_tokens"),
-                finish_reason=row.get("finish_reason"), error_type=row.get("error_type"),
-                status=row.get("status"),
-            )
-            if row.get("read_error") is not None:
-                result.payload = orjson.loads(row["raw_line"])
-                result.error, result.error_type = row["read_error"], "invalid_input"
-            if result.error is not None:
-                errs.write(error_record(result))
-                errors += 1
-            elif result.response is not None:
-                save.write(success_record(result))
+            result = _result(row)
+            if result.error is None and result.response is None and not row.get("attempts"):
+                continue  # not sent (a null prompt)
+            sink.write(result)
+            if result.error is None:
                 saved += 1
+            else:
+                errors += 1
     return saved, errors

@@ -1,11 +1,22 @@
-"""JSONL in and out, streaming.
+"""JSONL in and out, streaming, in a layout where nothing collides.
 
-Input: one JSON object per line, ``{"input": ...}`` or ``{"messages": [...]}``; other fields
-pass through to the output. A line that cannot be read (bad UTF-8, not JSON) is not fatal:
-it becomes a row with a reason, and so an error line in the errors file.
+Input: one JSON object per line, ``{"input": ...}`` or ``{"messages": [...]}`` (or, for
+``--api raw``, any request body), with any other fields. A line that cannot be read (bad
+UTF-8, not JSON, not an object) is not fatal: it becomes a row with a reason, and so an
+error line in the errors file.
 
-Output: ``{"index", <input fields>, "response", ...}`` lines in the save file and
-``{"index", <input fields>, "error", ...}`` lines in the errors file.
+Output: the top level of every line holds only llmframe's keys; the input line itself is
+kept, verbatim, under ``request`` — so an input field named ``index``, ``status``,
+``error`` or anything else can never be overwritten::
+
+    save:   {"index": 7, "request": {...the input line...}, "response": ..., "attempts": 1,
+             "endpoint": ..., "latency_ms": ..., "finish_reason": ..., "usage": {...}}
+    errors: {"index": 7, "input": ..., "request": {...}, "error": ..., "error_type": ...,
+             "status": ..., "attempts": ..., "endpoint": ...}
+
+``index`` is the 0-based line number in the requests file (what ``--resume`` matches on).
+In the errors file ``input`` repeats the request's ``input`` (null when it has none), or is
+the text of a line that is not JSON (whose ``request`` is then null).
 """
 
 from __future__ import annotations
@@ -17,26 +28,23 @@ from typing import Any
 
 import orjson
 
-from ._engine import Result, Row
 from ._exceptions import InputFileError
+from ._results import Result, Row
 
-__all__ = ["JsonlWriter", "error_record", "iter_rows", "success_record"]
+__all__ = ["NotJson", "error_record", "iter_rows", "success_record"]
 
 _BOM = b"\xef\xbb\xbf"
 
 
-def iter_rows(path: str | os.PathLike[str],
-              keep: Callable[[int], bool] | None = None) -> Iterator[Row]:
-    """Yield ``(index, payload, reason)`` per non-blank line, reading one line at a time.
+class NotJson(str):
+    """The text of an input line that is not JSON (a row payload that is no request)."""
 
-    ``index`` is the 0-based line number in the file. ``reason`` is None for a line that
-    parsed; otherwise ``payload`` is ``{"input": <the line as text>}`` and ``reason`` says
-    what is wrong, naming the file and line. ``keep(index)`` false skips a line before it
-    is parsed (a worker's shard, or rows a resumed run already has).
-    """
-    path = Path(path)
+    __slots__ = ()
+
+
+def _open(path: Path) -> Any:
     try:
-        handle = path.open("rb")
+        return path.open("rb")
     except FileNotFoundError:
         msg = f"requests file not found: {path}"
         raise InputFileError(msg) from None
@@ -46,7 +54,20 @@ def iter_rows(path: str | os.PathLike[str],
     except OSError as exc:
         msg = f"cannot open requests file {path}: {exc.strerror}"
         raise InputFileError(msg) from None
-    with handle:
+
+
+def iter_rows(path: str | os.PathLike[str],
+              keep: Callable[[int], bool] | None = None) -> Iterator[Row]:
+    """Yield ``(index, payload, reason)`` per non-blank line, reading one line at a time.
+
+    ``index`` is the 0-based line number in the file. ``reason`` is None for a line that
+    parsed to an object; otherwise it says what is wrong, naming the file and line, and
+    ``payload`` is the parsed value, or :class:`NotJson` text for a line that is not JSON.
+    ``keep(index)`` false skips a line before it is parsed (a worker's shard, or rows a
+    resumed run already has).
+    """
+    path = Path(path)
+    with _open(path) as handle:
         for index, line in enumerate(handle):
             if keep is not None and not keep(index):
                 continue
@@ -59,8 +80,8 @@ def iter_rows(path: str | os.PathLike[str],
                 payload = orjson.loads(stripped)
             except orjson.JSONDecodeError as exc:
                 reason = _why_not_json(stripped, exc)
-                text = stripped.decode("utf-8", "replace")
-                yield index, {"input": text}, f"{path.name} line {index + 1}: {reason}"
+                text = NotJson(stripped.decode("utf-8", "replace"))
+                yield index, text, f"{path.name} line {index + 1}: {reason}"
                 continue
             if not isinstance(payload, dict):
                 yield index, payload, (
@@ -81,13 +102,11 @@ def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
 
 def success_record(result: Result) -> dict[str, Any]:
     """The save-file line for a successful result."""
-    record: dict[str, Any] = {"index": result.index}
-    if isinstance(result.payload, dict):
-        record.update(result.payload)
-    record["response"] = result.response
-    record["attempts"] = result.attempts
-    record["endpoint"] = result.endpoint
-    record["latency_ms"] = None if result.latency is None else round(result.latency * 1000, 2)
+    record: dict[str, Any] = {
+        "index": result.index, "request": result.payload, "response": result.response,
+        "attempts": result.attempts, "endpoint": result.endpoint,
+        "latency_ms": None if result.latency is None else round(result.latency * 1000, 2),
+    }
     if result.finish_reason is not None:
         record["finish_reason"] = result.finish_reason
     if result.prompt_tokens is not None or result.completion_tokens is not None:
@@ -100,61 +119,14 @@ def success_record(result: Result) -> dict[str, Any]:
 
 def error_record(result: Result) -> dict[str, Any]:
     """The errors-file line for a failed row."""
-    record: dict[str, Any] = {"index": result.index}
-    if isinstance(result.payload, dict):
-        record.update(result.payload)
+    payload = result.payload
+    if isinstance(payload, NotJson):
+        text, request = str(payload), None
     else:
-        record["input"] = result.payload
-    record["error"] = result.error
-    record["error_type"] = result.error_type
-    record["status"] = result.status
-    record["attempts"] = result.attempts
-    record["endpoint"] = result.endpoint
-    return record
-
-
-class JsonlWriter:
-    """Append JSON lines to a file; ``flush()`` writes what is buffered (the run calls it
-    every second, and a full buffer flushes itself).
-
-    Lines are buffered and written with one ``os.write`` of whole lines on a file opened
-    ``O_APPEND``, so several processes can append to the same file without a line ever
-    being split or interleaved, and a crash loses at most the last second of lines (never
-    leaves half a line but for a torn last write, which readers skip).
-    """
-
-    __slots__ = ("_buf", "_fd", "limit", "path")
-
-    def __init__(self, path: str | os.PathLike[str], *, append: bool = False,
-                 limit: int = 1 << 18) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
-        self._fd = os.open(self.path, flags, 0o644)
-        self._buf = bytearray()
-        self.limit = limit
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._buf += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if len(self._buf) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        view = memoryview(self._buf)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        view.release()
-        self._buf.clear()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self.flush()
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> JsonlWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        text = payload.get("input") if isinstance(payload, dict) else None
+        request = payload
+    return {
+        "index": result.index, "input": text, "request": request, "error": result.error,
+        "error_type": result.error_type, "status": result.status,
+        "attempts": result.attempts, "endpoint": result.endpoint,
+    }

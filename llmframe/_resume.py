@@ -4,8 +4,9 @@ Results are appended as they complete (whole lines, flushed at least every secon
 after a crash — even ``kill -9`` — the save and errors files hold every row that finished,
 at most the last second missing, and at most one torn line at the end (or, with several
 workers appending, a torn line anywhere). ``scan`` reads a file back, keeps the indices of
-complete records, and rewrites the file without any torn line, so the final files hold
-every input line exactly once.
+complete records (``index`` is always llmframe's own key: the input line sits under
+``request``), and rewrites the file without any torn line, so the final files hold every
+input line exactly once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
+from ._exceptions import ConfigError
+from ._sinks import clean_lines
 
 __all__ = ["IndexSet", "NotIn", "OutputsExist", "prepare_outputs", "scan"]
 
@@ -60,50 +62,22 @@ class IndexSet:
                 self._bits[k] = merged
 
 
-def _index_of(raw: bytes, seen: IndexSet) -> int | None:
-    """The index of a complete, first-seen record line, else None."""
-    if not raw.endswith(b"\n"):
-        return None
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    index = record.get("index") if isinstance(record, dict) else None
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0 or index in seen:
-        return None
-    return index
-
-
 def scan(path: Path) -> tuple[IndexSet, int]:
     """Indices recorded in ``path`` and how many torn/duplicate lines were dropped from it.
 
     A line counts if it is a complete JSON object with an integer ``index`` not seen before
-    in this file; if there is anything else the file is rewritten without it (atomically).
+    in this file; the file is rewritten without any other line (see ``clean_lines``).
     """
     seen = IndexSet()
-    bad = 0
-    if not path.exists():
-        return seen, 0
-    with path.open("rb") as f:
-        for raw in f:
-            index = _index_of(raw, seen)
-            if index is None:
-                bad += 1 if raw.strip() else 0
-            else:
-                seen.add(index)
-    if bad:
-        tmp = path.with_name(path.name + ".tmp")
-        kept = IndexSet()
-        with path.open("rb") as src, tmp.open("wb") as dst:
-            for raw in src:
-                index = _index_of(raw, kept)
-                if index is not None:
-                    kept.add(index)
-                    dst.write(raw)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    return seen, bad
+
+    def accept(record: object) -> bool:
+        index = record.get("index") if isinstance(record, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0 or index in seen:
+            return False
+        seen.add(index)
+        return True
+
+    return seen, clean_lines(path, accept)
 
 
 def _lines(path: Path) -> int:
@@ -113,7 +87,7 @@ def _lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-class OutputsExist(Exception):
+class OutputsExist(ConfigError):
     """The outputs exist and neither resume nor overwrite was asked for."""
 
 
@@ -131,7 +105,10 @@ def prepare_outputs(save: Path, errors: Path, *, resume: bool = False,
         return None, False, None
     if not (resume or retry_errors):
         what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
-        raise OutputsExist(what)
+        msg = (f"outputs already exist: {what}. Pass --resume (resume=True) to send only the "
+               "rows without a result, --retry-errors (retry_errors=True) to also resend "
+               "failed rows, or --overwrite (overwrite=True) to replace them")
+        raise OutputsExist(msg)
     done, dropped_save = scan(save)
     note = f"resuming: {len(done):,} rows already answered"
     if retry_errors:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ._engine import RunStats
+from ._results import RunStats
 
 __all__ = ["Progress", "format_summary"]
 

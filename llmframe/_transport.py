@@ -1,300 +1,131 @@
-"""The network seam: POST a body, get ``(status, headers, body)`` back.
+"""The network seam: ``post(body) -> (status, headers, body)``, or one :class:`TransportError`.
 
-Two transports with one interface, chosen per endpoint:
+Every transport owns its resources (connection pool, session) and maps its own low-level
+exceptions to ``TransportError(kind)``, with ``kind`` one of:
 
-- ``FastTransport``: a small HTTP/1.1 client on a raw ``asyncio.Protocol`` with a
-  keep-alive connection pool. It writes each request with one ``write`` and parses only
-  what it needs (status, headers, Content-Length or chunked body). Measured here it costs a
-  fraction of aiohttp's per-request CPU, which is what makes thousands of requests per
-  second per core possible. Used for ``http://`` endpoints by default.
-- ``AiohttpTransport``: aiohttp's ``ClientSession``; the default for ``https://`` (its TLS,
-  proxy and edge-case handling are battle-tested; TLS verification stays on).
+- ``connect``: the connection could not be made (refused, DNS, TLS verification);
+- ``timeout``: the transport's own timeout fired;
+- ``protocol``: the server broke HTTP or closed the connection mid-response;
+- ``decode``: the body could not be decoded (a ``Content-Encoding`` that lies).
 
-Both are created inside a run (they hold loop-bound objects) and closed at its end.
+So the engine never catches aiohttp, OSError or zlib errors itself (the model is httpx's
+``map_httpcore_exceptions``). Transports:
+
+- ``FastTransport`` (``_fasthttp``): a small HTTP/1.1 client on a raw ``asyncio.Protocol``;
+  the default for ``http://``.
+- ``AiohttpTransport``: aiohttp's client, with a session of its own built only when an
+  endpoint uses it; the default for ``https://``.
+- ``MockTransport(handler)``: calls ``handler(body)``; for engine tests without sockets.
+
+All are created inside a run (they hold loop-bound objects) and closed at its end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
-import zlib
-from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Literal
 
 import aiohttp
 
-__all__ = ["AiohttpTransport", "FastTransport", "ProtocolError", "Transport"]
+__all__ = ["AiohttpTransport", "MockTransport", "Response", "Transport", "TransportError",
+           "open_transport"]
 
 Response = tuple[int, Mapping[str, str], bytes]
-_STALE_AFTER = 1.0  # seconds idle after which a dead pooled connection is unsurprising
+Kind = Literal["connect", "timeout", "protocol", "decode"]
 
 
-class ProtocolError(ConnectionError):
-    """The server broke HTTP/1.1 (or closed the connection mid-response)."""
+class TransportError(Exception):
+    """A request that got no usable HTTP response; ``kind`` says why (see the module)."""
+
+    def __init__(self, kind: Kind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Transport:
+    """POST bodies to one URL."""
+
     async def post(self, body: bytes) -> Response:  # pragma: no cover - interface
         raise NotImplementedError
 
-    async def close(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    async def close(self) -> None:
+        return None
+
+
+class MockTransport(Transport):
+    """A transport that answers with ``handler(body)`` (a function or a coroutine function).
+
+    The handler returns ``(status, headers, body)`` or raises ``TransportError``.
+
+    >>> t = MockTransport(lambda body: (200, {}, b"{}"))
+    >>> asyncio.run(t.post(b"{}"))
+    (200, {}, b'{}')
+    """
+
+    def __init__(self, handler: Callable[[bytes], Response | Awaitable[Response]]) -> None:
+        self.handler = handler
+        self.requests: list[bytes] = []
+
+    async def post(self, body: bytes) -> Response:
+        self.requests.append(body)
+        out = self.handler(body)
+        if inspect.isawaitable(out):
+            out = await out
+        return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def map_aiohttp_errors() -> Iterator[None]:
+    """aiohttp's and the socket's exceptions, as :class:`TransportError`."""
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as exc:
+        raise TransportError("connect", f"{type(exc).__name__}: {exc}") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise TransportError("decode", f"cannot decode the body ({exc})") from None
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise TransportError("timeout", f"{type(exc).__name__}: {exc}") from None
+    except aiohttp.ClientError as exc:
+        raise TransportError("protocol", f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise TransportError("connect", f"{type(exc).__name__}: {exc}") from None
 
 
 class AiohttpTransport(Transport):
+    """aiohttp's client with a session of its own (built inside the running loop)."""
+
     __slots__ = ("headers", "session", "url")
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str]):
-        self.session = session
+    def __init__(self, url: str, headers: Mapping[str, str], *, limit: int = 256) -> None:
         self.url = url
         self.headers = dict(headers)
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
 
     async def post(self, body: bytes) -> Response:
-        async with self.session.post(self.url, data=body, headers=self.headers) as resp:
-            data = await resp.read()
-            return resp.status, resp.headers, data
+        with map_aiohttp_errors():
+            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+                data = await resp.read()
+                return resp.status, resp.headers, data
 
     async def close(self) -> None:
-        return None  # the session is shared and closed by the run
+        await self.session.close()
 
 
-class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection: a single outstanding request at a time."""
+def open_transport(url: str, headers: Mapping[str, str],
+                   kind: str | Callable[[str, Mapping[str, str]], Transport], *,
+                   limit: int = 256) -> Transport:
+    """The transport for ``url``: ``kind`` is ``auto`` (fast for http://, aiohttp for
+    https://), ``fast``, ``aiohttp``, or a function ``(url, headers) -> Transport``."""
+    from ._fasthttp import FastTransport
 
-    __slots__ = ("buf", "chunk_pos", "chunks", "closed", "got_bytes", "head", "idle_since",
-                 "length", "status", "transport", "waiter")
+    if callable(kind):
+        return kind(url, headers)
+    if kind == "fast" or (kind == "auto" and url.startswith("http://")):
+        return FastTransport(url, headers)
+    return AiohttpTransport(url, headers, limit=limit)
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes, bool]] | None = None
-        self.buf = bytearray()
-        self.closed = False
-        self.idle_since = 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self.got_bytes = False
-        self.status = 0
-        self.head: dict[str, str] | None = None
-        self.length = -1  # -1: until close, -2: chunked, else Content-Length
-        self.chunks: list[bytes] = []
-        self.chunk_pos = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def start(self, waiter: asyncio.Future[Any]) -> None:
-        self._reset()
-        self.buf.clear()
-        self.waiter = waiter
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if self.head is not None and self.length == -1:  # body delimited by close
-            self._finish(bytes(self.buf), keep=False)
-            return
-        waiter.set_exception(ProtocolError(
-            "connection closed before the response was complete"
-            if self.got_bytes else "connection closed by the server without a response"))
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
-            self.transport.abort()  # type: ignore[union-attr] - bytes nobody asked for
-            return
-        self.got_bytes = True
-        self.buf += data
-        try:
-            self._parse()
-        except (ValueError, IndexError) as exc:
-            self.waiter.set_exception(ProtocolError(f"malformed HTTP response: {exc}"))
-            self.transport.abort()  # type: ignore[union-attr]
-
-    def _parse(self) -> None:
-        buf = self.buf
-        while self.head is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > 1 << 16:
-                    msg = "response headers larger than 64 KiB"
-                    raise ValueError(msg)
-                return
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-            del buf[:end + 4]
-            version, status = lines[0].split(" ", 2)[:2]
-            if not version.startswith("HTTP/1."):
-                msg = f"unsupported status line {lines[0][:40]!r}"
-                raise ValueError(msg)
-            code = int(status)
-            if 100 <= code < 200:
-                continue  # interim response: the real one follows
-            head: dict[str, str] = {}
-            for line in lines[1:]:
-                key, _, value = line.partition(":")
-                head[key.strip().lower()] = value.strip()
-            self.status = code
-            self.head = head
-            if version == "HTTP/1.0" and head.get("connection", "").lower() != "keep-alive":
-                head["connection"] = "close"
-            if "chunked" in head.get("transfer-encoding", "").lower():
-                self.length = -2
-            elif "content-length" in head:
-                self.length = int(head["content-length"])
-            elif code in (204, 304):
-                self.length = 0
-        if self.length >= 0:
-            if len(buf) >= self.length:
-                body = bytes(buf[:self.length])
-                extra = len(buf) > self.length
-                del buf[:self.length]
-                self._finish(body, keep=not extra)
-        elif self.length == -2:
-            self._parse_chunks()
-
-    def _parse_chunks(self) -> None:
-        buf = self.buf
-        while True:
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                return
-            size = int(bytes(buf[:eol]).split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                end = buf.find(b"\r\n\r\n", eol)  # optional trailers, then a blank line
-                if end < 0 and buf[eol + 2:eol + 4] != b"\r\n":
-                    return
-                cut = end + 4 if end >= 0 else eol + 4
-                del buf[:cut]
-                self._finish(b"".join(self.chunks), keep=not buf)
-                return
-            if len(buf) < eol + 2 + size + 2:
-                return
-            self.chunks.append(bytes(buf[eol + 2:eol + 2 + size]))
-            del buf[:eol + 2 + size + 2]
-
-    def _finish(self, body: bytes, keep: bool) -> None:
-        head = self.head or {}
-        if head.get("content-encoding", "").lower() in ("gzip", "deflate"):
-            body = zlib.decompress(body, 47)  # 47: accept gzip and zlib headers
-        keep = keep and head.get("connection", "").lower() != "close" and not self.closed
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self.status, head, body, keep))
-
-
-class FastTransport(Transport):
-    """HTTP/1.1 POSTs to one URL over a pool of keep-alive connections.
-
-    A request that fails on a connection that sat idle for a second or more, before any
-    byte of response arrives (the server closed it while idle: a keep-alive timeout), is
-    sent again once on a fresh connection, as HTTP clients conventionally do. Any other
-    failure is the attempt's failure, for the retry policy to judge.
-    """
-
-    __slots__ = (
-        "_addrs",
-        "_all",
-        "_head",
-        "_host",
-        "_idle",
-        "_loop",
-        "_port",
-        "_server_hostname",
-        "_ssl",
-    )
-
-    def __init__(self, url: str, headers: Mapping[str, str], *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        parts = urlsplit(url)
-        https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if https else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
-        self._server_hostname = self._host if https else None
-        default_port = self._port == (443 if https else 80)
-        host = self._host if default_port else f"{self._host}:{self._port}"
-        if ":" in self._host:  # IPv6 literal
-            host = f"[{self._host}]" if default_port else f"[{self._host}]:{self._port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", "Accept: application/json",
-                 "Accept-Encoding: gzip, identity", "Connection: keep-alive"]
-        lines += [f"{k}: {v}" for k, v in headers.items()
-                  if k.lower() not in ("host", "content-length", "connection")]
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-        self._idle: list[_Conn] = []
-        self._all: set[_Conn] = set()
-        self._loop = asyncio.get_running_loop()
-        self._addrs: list[str] = []
-
-    async def _connect(self) -> _Conn:
-        # Resolve the host once per run (not once per connection: a 1 s-latency run opens
-        # ~10,000), and remember which address answered ("localhost" may list ::1 first
-        # while the server only listens on 127.0.0.1).
-        if not self._addrs:
-            infos = await self._loop.getaddrinfo(self._host, self._port,
-                                                 type=socket.SOCK_STREAM)
-            self._addrs = list(dict.fromkeys(info[4][0] for info in infos))
-        error: OSError | None = None
-        for addr in list(self._addrs):
-            try:
-                _, conn = await self._loop.create_connection(
-                    _Conn, addr, self._port, ssl=self._ssl,
-                    server_hostname=self._server_hostname)
-            except OSError as exc:
-                error = exc
-                continue
-            if addr != self._addrs[0]:
-                self._addrs.remove(addr)
-                self._addrs.insert(0, addr)
-            self._all.add(conn)
-            return conn
-        assert error is not None
-        raise error
-
-    async def post(self, body: bytes) -> Response:
-        data = b"".join((self._head, str(len(body)).encode(), b"\r\n\r\n", body))
-        idle = self._idle
-        for attempt in (0, 1):
-            conn = None
-            while idle:
-                candidate = idle.pop()
-                if not candidate.closed:
-                    conn = candidate
-                    break
-                self._all.discard(candidate)
-            stale_risk = conn is not None and self._loop.time() - conn.idle_since >= _STALE_AFTER
-            if conn is None:
-                conn = await self._connect()
-            waiter = self._loop.create_future()
-            conn.start(waiter)
-            conn.transport.write(data)  # type: ignore[union-attr]
-            try:
-                status, head, payload, keep = await waiter
-            except ProtocolError:
-                self._drop(conn)
-                if stale_risk and not conn.got_bytes and attempt == 0:
-                    continue
-                raise
-            except BaseException:
-                self._drop(conn)  # cancelled (timeout) or failed mid-response: not reusable
-                raise
-            if keep:
-                conn.idle_since = self._loop.time()
-                idle.append(conn)
-            else:
-                self._drop(conn)
-            return status, head, payload
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _drop(self, conn: _Conn) -> None:
-        self._all.discard(conn)
-        if conn.transport is not None and not conn.closed:
-            conn.transport.abort()
-
-    async def close(self) -> None:
-        for conn in list(self._all):
-            self._drop(conn)
-        self._idle.clear()

@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._config import RunConfig
-from ._engine import EndpointStats, RunStats
 from ._files import FileRun, progress_total, run_file_async
+from ._results import EndpointStats, RunStats
 from ._runner import new_event_loop
 from ._summary import Progress
 

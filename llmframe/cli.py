@@ -17,13 +17,10 @@ import click
 import orjson
 
 from . import __version__
-from ._config import Endpoint, RunConfig, coerce_endpoints, parse_endpoint_spec
-from ._exceptions import ConfigError, InputFileError
-from ._files import FileRun, default_paths, run_file_async
-from ._resume import OutputsExist, prepare_outputs
-from ._runner import run_sync
+from ._config import Endpoint, coerce_endpoints, parse_endpoint_spec
+from ._exceptions import ConfigError, InputFileError, Interrupted, StoreError
+from ._files import default_paths, run_file
 from ._summary import format_summary
-from ._workers import run_sharded
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -161,12 +158,6 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     if path is None:
         msg = "no requests file: llmframe run REQUESTS.jsonl (see llmframe run --help)"
         raise UsageProblem(msg)
-    if not path.exists():
-        msg = f"requests file not found: {path}"
-        raise UsageProblem(msg)
-    if path.is_dir():
-        msg = f"requests file is a directory: {path}"
-        raise UsageProblem(msg)
     body_params = dict(_parse_param(p) for p in params)
     if max_tokens is not None:
         body_params["max_tokens"] = max_tokens
@@ -180,48 +171,71 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         msg = ("no endpoints: give --endpoint URL (repeatable), --endpoints-file FILE, "
                "or --mock N for local test endpoints")
         raise UsageProblem(msg)
-    default_save, default_errors = default_paths(path)
-    save, errors = save or default_save, errors or default_errors
-    if overwrite and (resume or retry_errors):
-        msg = "--overwrite cannot be combined with --resume or --retry-errors"
-        raise UsageProblem(msg)
-    if save.resolve() == errors.resolve() or path.resolve() in (save.resolve(), errors.resolve()):
-        msg = "the requests, save and errors files must be three different files"
+    if mock and workers > 1:
+        msg = "--workers needs endpoints in their own processes; use serve-mock, not --mock"
         raise UsageProblem(msg)
     if progress is None:
         progress = sys.stderr.isatty()
-
     with contextlib.ExitStack() as stack:
         labels: dict[str, str] = {}
         if mock:
             endpoints += _start_mocks(stack, mock, mock_latency, mock_faults, labels)
-        try:
-            config = RunConfig(
-                tuple(endpoints), rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                timeout=timeout, api=api, model=model, system=system,  # type: ignore[arg-type]
-                params=body_params,
-            )
-        except ConfigError as exc:
-            raise UsageProblem(str(exc)) from None
-        if mock:
             click.echo(f"llmframe: using {mock} local test endpoint(s) started by --mock "
                        "(not a real LLM: answers echo the prompt)", err=True)
-        if mock and workers > 1:
-            msg = "--workers needs endpoints in their own processes; use serve-mock, not --mock"
-            raise UsageProblem(msg)
-        try:
-            keep, append, note = prepare_outputs(save, errors, resume=resume,
-                                                 retry_errors=retry_errors, overwrite=overwrite)
-        except OutputsExist as exc:
-            msg = (f"outputs already exist: {exc}. Pass --resume to send only the rows "
-                   "without a result, --retry-errors to also resend failed rows, or "
-                   "--overwrite to replace them")
-            raise UsageProblem(msg) from None
-        if note:
-            click.echo(f"llmframe: {note}", err=True)
-        job = FileRun(path, save, errors, config, progress=progress, append=append, keep=keep)
-        code = _run_job(job, labels, workers, grace)
+        options = {"rps": rps, "concurrency": concurrency, "max_attempts": max_attempts,
+                   "timeout": timeout, "api": api, "model": model, "system": system,
+                   "params": body_params}
+        code = _run(path, endpoints, options, labels, save=save, errors=errors,
+                    resume=resume, retry_errors=retry_errors, overwrite=overwrite,
+                    workers=workers, progress=progress, grace=grace)
     sys.exit(code)
+
+
+def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
+         labels: dict[str, str], **kwargs: Any) -> int:
+    """Call ``run_file``, print its summary, and return the exit code."""
+    signals: list[int] = []
+
+    def on_term(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    def note(text: str) -> None:
+        click.echo(f"llmframe: {text}", err=True)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    interrupted = False
+    try:
+        stats = run_file(path, endpoints=endpoints, on_note=note, **options, **kwargs)
+    except Interrupted as exc:
+        interrupted, stats = True, exc.partial
+    except (ConfigError, InputFileError) as exc:
+        raise UsageProblem(str(exc)) from None
+    except StoreError as exc:
+        click.echo(f"llmframe: error: {exc}; the results stored before are kept: fix the "
+                   "cause and rerun with --resume", err=True)
+        return EXIT_ROW_ERRORS
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    save, errors = _outputs(path, kwargs["save"], kwargs["errors"])
+    if stats.rows == 0 and not interrupted:
+        click.echo(f"llmframe: {path} has no requests (empty file); nothing to do", err=True)
+        return EXIT_OK
+    weights = [ep.weight for ep in endpoints]
+    click.echo(format_summary(stats, weights, labels=labels, interrupted=interrupted), err=True)
+    verb = "appended" if kwargs["resume"] or kwargs["retry_errors"] else "lines"
+    click.echo(f"  answers: {save}  ({stats.ok:,} {verb})", err=True)
+    click.echo(f"  errors:  {errors}  ({stats.errors:,} {verb})", err=True)
+    if interrupted:
+        click.echo("  not finished: rerun the same command with --resume to send the rest",
+                   err=True)
+        return EXIT_TERMINATED if signal.SIGTERM in signals else EXIT_INTERRUPTED
+    return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
+
+
+def _outputs(path: Path, save: Path | None, errors: Path | None) -> tuple[Path, Path]:
+    default_save, default_errors = default_paths(path)
+    return save or default_save, errors or default_errors
 
 
 def _parse_latency(text: str) -> float | tuple[float, float]:
@@ -252,56 +266,23 @@ def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
     return out
 
 
-def _run_job(job: FileRun, labels: dict[str, str], workers: int, grace: float) -> int:
-    weights = [ep.weight for ep in job.config.endpoints]
-    signals: list[int] = []
-
-    def on_term(signum: int, frame: Any) -> None:
-        signals.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    interrupted = False
-    try:
-        if workers > 1:
-            run_sharded(job, workers, grace=grace)
-        else:
-            run_sync(lambda: run_file_async(job), grace=grace,
-                     on_interrupt=job.control.stop_threadsafe)
-    except KeyboardInterrupt:
-        interrupted = True
-    except InputFileError as exc:
-        raise UsageProblem(str(exc)) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    stats = job.stats
-    if stats.rows == 0 and not interrupted:
-        click.echo(f"llmframe: {job.requests} has no requests (empty file); nothing to do",
-                   err=True)
-        return EXIT_OK
-    click.echo(format_summary(stats, weights, labels=labels, interrupted=interrupted), err=True)
-    verb = "appended" if job.append else "lines"
-    click.echo(f"  answers: {job.save}  ({stats.ok:,} {verb})", err=True)
-    click.echo(f"  errors:  {job.errors}  ({stats.errors:,} {verb})", err=True)
-    if interrupted:
-        click.echo("  not finished: rerun the same command with --resume to send the rest",
-                   err=True)
-        return EXIT_TERMINATED if signal.SIGTERM in signals else EXIT_INTERRUPTED
-    return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
-
-
 @cli.command("serve-mock", context_settings={"show_default": True})
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", type=int, default=8000, help="0 picks a free port (printed).")
 @click.option("--latency", default="0", metavar="S[,S2]", help="Fixed latency or a random range.")
 @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
-              help="429, 500, 503, drop, hang or malformed, at a rate in [0, 1]. Repeatable.")
+              help="429, 500, 503, drop, hang, malformed, badgzip or badgzip_close, at a rate "
+                   "in [0, 1]. Repeatable.")
+@click.option("--first-fault", default=None, metavar="KIND",
+              help="Answer the first request of each distinct prompt with this fault (e.g. 429); "
+                   "later requests with that prompt go on as usual.")
 @click.option("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429.")
 @click.option("--seed", type=int, default=0)
 @click.option("--require-key", envvar="LLMFRAME_MOCK_KEY", default=None,
               help="Answer 401 unless this bearer key is sent (env LLMFRAME_MOCK_KEY).")
-def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...], retry_after: float,
-               seed: int, require_key: str | None) -> None:
+def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
+               first_fault: str | None, retry_after: float, seed: int,
+               require_key: str | None) -> None:
     """Serve a local OpenAI-compatible test endpoint until interrupted.
 
     Answers are "echo: <prompt>"; /v1/models and /v1/_stats (counters) are served too.
@@ -318,7 +299,7 @@ def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...], retr
             kind, _, rate = f.partition("=")
             rates[kind] = float(rate)
         state = MockState(latency=lat, faults=rates, retry_after=retry_after, seed=seed,
-                          require_key=require_key)
+                          require_key=require_key, first_fault=first_fault)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     loop = new_event_loop()

@@ -1,6 +1,10 @@
 """The polars surface as plain functions: ``complete`` over a frame or an expression.
 
-The namespace classes (``df.llm``, ``pl.col(...).llm``) only forward here.
+The namespace classes (``df.llm``, ``pl.col(...).llm``) only forward here. Every run
+option comes from one place, :class:`~llmframe.RunConfig`: pass ``config=RunConfig(...)``,
+or its fields as keywords (``rps=``, ``concurrency=``, ``max_attempts=``, ``timeout=``,
+``model=``, ``system=``, ``params=``, ``api=``, ``max_retry_after=``, ``backoff_initial=``,
+``backoff_max=``, ``transport=``), or both (the keywords win).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from typing import Any
 import orjson
 import polars as pl
 
-from ._checkpoint import Checkpoint
-from ._config import API, EndpointLike, RunConfig
-from ._engine import Result, Row, RunStats, stream_results
+from ._checkpoint import Checkpoint, record_of
+from ._config import EndpointLike, RunConfig, run_config
+from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
+from ._results import Result, Row, RunStats
 from ._runner import run_sync
 from ._summary import Progress
 
@@ -48,32 +53,10 @@ class _Collected:
         self.meta = {name: [None] * self.n for name in _METADATA}
 
     def put(self, r: Result) -> None:
-        i = r.index
-        if r.error is None:
-            resp = r.response
-            self.response[i] = resp if isinstance(resp, str) or resp is None else (
-                orjson.dumps(resp).decode())
-        else:
-            self.error[i] = r.error
-        meta = self.meta
-        meta["attempts"][i] = r.attempts
-        meta["endpoint"][i] = r.endpoint
-        meta["latency_ms"][i] = None if r.latency is None else r.latency * 1000
-        meta["prompt_tokens"][i] = r.prompt_tokens
-        meta["completion_tokens"][i] = r.completion_tokens
-        meta["finish_reason"][i] = r.finish_reason
-        meta["error_type"][i] = r.error_type
-        meta["status"][i] = r.status
-        self.answered += 1
-
-    def record(self, i: int) -> dict[str, Any]:
-        """Row ``i`` as a checkpoint line."""
-        rec = {"index": i, "response": self.response[i], "error": self.error[i]}
-        rec.update((name, values[i]) for name, values in self.meta.items())
-        return rec
+        self.restore(record_of(r))
 
     def restore(self, rec: Mapping[str, Any]) -> None:
-        """Fill row ``rec["index"]`` from a checkpoint line."""
+        """Fill row ``rec["index"]`` from a result or checkpoint line."""
         i = rec["index"]
         if not 0 <= i < self.n:
             return
@@ -100,7 +83,17 @@ def _check_strings(series: pl.Series) -> pl.Series:
     return series
 
 
-def _rows(series: pl.Series, chunk_size: int,
+def _payload(text: str, api: str) -> tuple[Any, str | None]:
+    if api != "raw":
+        return {"input": text}, None
+    try:  # raw: the value is the request body itself
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return {"input": text}, f"api='raw' needs a JSON object per row: {exc}"
+    return body, None
+
+
+def _rows(series: pl.Series, chunk_size: int, api: str,
           done: Mapping[int, Any] | None = None) -> Iterator[Row]:
     # one chunk of Python strings at a time: memory stays bounded by chunk_size
     for start in range(0, len(series), chunk_size):
@@ -109,7 +102,7 @@ def _rows(series: pl.Series, chunk_size: int,
             index = start + offset
             # null prompt: nothing is sent, the response stays null
             if text is not None and (done is None or index not in done):
-                yield index, {"input": text}, None
+                yield (index, *_payload(text, api))
 
 
 async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, progress: bool,
@@ -120,31 +113,19 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
         out.restore(record)
     total = len(series) - series.null_count() - len(done)
     bar = Progress(stats, total, enabled=progress and total > 0, desc="llm")
-    flusher = None
     if checkpoint is not None:
         checkpoint.open()
-
-        async def flush_every_second() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                checkpoint.flush()
-
-        flusher = asyncio.get_running_loop().create_task(flush_every_second())
-    def store(r: Result) -> None:
-        out.put(r)
-        if checkpoint is not None:
-            checkpoint.write(out.record(r.index))
-
     try:
-        rows = _rows(series, chunk_size, done)
-        async for batch in stream_results(rows, config, stats, on_result=store):
+        rows = _rows(series, chunk_size, config.api, done)
+        async for batch in stream_results(rows, config, stats, on_result=out.put,
+                                          sink=checkpoint):
             bar.update(len(batch))
     finally:
-        if flusher is not None:
-            flusher.cancel()
-        if checkpoint is not None:
-            checkpoint.close()
-        bar.close()
+        try:
+            if checkpoint is not None:
+                checkpoint.close()
+        finally:
+            bar.close()
 
 
 def _frame_out(df: pl.DataFrame, out: _Collected, *, output: str, error: str,
@@ -165,45 +146,55 @@ def _check(chunk_size: int, output: str, error: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_collisions(df: pl.DataFrame, output: str, error: str, metadata: bool) -> None:
+    """The columns a call adds must not replace the frame's own: fail before sending."""
+    added = [output, error, *(_METADATA if metadata else ())]
+    taken = [c for c in added if c in df.columns]
+    if taken:
+        msg = (f"the frame already has column(s) {', '.join(map(repr, taken))}, which this "
+               "call would overwrite; rename them, or pass output=/error= names that are "
+               "free" + (" (metadata=True adds " + ", ".join(_METADATA) + ")" if metadata
+                         else ""))
+        raise ConfigError(msg)
+
+
 def _begin(df: pl.DataFrame, column: str | pl.Expr, chunk_size: int, output: str, error: str,
-           checkpoint: str | os.PathLike[str] | None, **run: Any
-           ) -> tuple[RunConfig, pl.Series, _Collected, Checkpoint | None]:
+           metadata: bool, checkpoint: str | os.PathLike[str] | None, config: RunConfig
+           ) -> tuple[pl.Series, _Collected, Checkpoint | None]:
     """Validate everything, before anything is sent; build the run's pieces."""
     _check(chunk_size, output, error)
-    config = RunConfig(run.pop("endpoints"), **run)
+    _check_collisions(df, output, error, metadata)
     series = _prompts(df, column)
     ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
     if ckpt is not None:
         ckpt.load()  # a checkpoint of another input fails here
-    return config, series, _Collected(len(series)), ckpt
+    return series, _Collected(len(series)), ckpt
 
 
 def complete(
     df: pl.DataFrame,
     column: str | pl.Expr,
     *,
-    endpoints: EndpointLike | Iterable[EndpointLike],
-    rps: float | None = None,
-    concurrency: int = 256,
-    max_attempts: int = 5,
-    chunk_size: int = 10_000,
-    timeout: float = 60.0,
-    model: str | None = None,
-    system: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    api: API = "chat",
+    endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
+    config: RunConfig | None = None,
     output: str = "response",
     error: str = "error",
     metadata: bool = False,
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
+    chunk_size: int = 10_000,
+    **options: Any,
 ) -> pl.DataFrame:
     """Send one request per row of ``column`` and add ``output`` and ``error`` columns.
 
+    Run options: ``config=RunConfig(...)`` and/or its fields as keywords (``rps``,
+    ``concurrency``, ``max_attempts``, ``timeout``, ``model``, ``system``, ``params``,
+    ``api``, ``max_retry_after``, ``backoff_initial``, ``backoff_max``, ``transport``).
     Rows stay aligned with the input whatever order answers arrive in. ``error`` is null
     where the row succeeded. A null prompt sends nothing: its response and error are null.
     ``metadata=True`` adds attempts, endpoint, latency_ms, prompt_tokens, completion_tokens,
-    finish_reason, error_type, status.
+    finish_reason, error_type, status. A column the call would add that the frame already
+    has is refused before anything is sent.
     Works in scripts and inside Jupyter's running loop (the run has its own loop in a
     worker thread). On Ctrl-C / kernel interrupt it stops promptly and raises
     :class:`llmframe.Interrupted`; the rows answered so far are in ``exc.partial`` and in
@@ -213,14 +204,17 @@ def complete(
 
     Examples
     --------
-    >>> df = pl.DataFrame({"text": ["a cat", "a dog"]})  # doctest: +SKIP
-    >>> df.llm.complete(pl.format("Describe {}", pl.col("text")),
-    ...                 endpoints=["http://127.0.0.1:8000/v1"], rps=50)  # doctest: +SKIP
+    >>> from llmframe.testing import MockServer
+    >>> df = pl.DataFrame({"text": ["a cat", None]})
+    >>> with MockServer() as srv:
+    ...     out = df.llm.complete(pl.format("Describe {}", pl.col("text")),
+    ...                           endpoints=[srv.url], rps=50, progress=False)
+    >>> out["response"].to_list()
+    ['echo: Describe a cat', None]
     """
-    config, series, out, ckpt = _begin(
-        df, column, chunk_size, output, error, checkpoint, endpoints=endpoints, rps=rps,
-        concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, model=model,
-        system=system, params=params or {}, api=api)
+    config = run_config(endpoints, config, **options)
+    series, out, ckpt = _begin(df, column, chunk_size, output, error, metadata, checkpoint,
+                               config)
     try:
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out, ckpt))
     except KeyboardInterrupt:
@@ -251,27 +245,20 @@ async def acomplete(
     df: pl.DataFrame,
     column: str | pl.Expr,
     *,
-    endpoints: EndpointLike | Iterable[EndpointLike],
-    rps: float | None = None,
-    concurrency: int = 256,
-    max_attempts: int = 5,
-    chunk_size: int = 10_000,
-    timeout: float = 60.0,
-    model: str | None = None,
-    system: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    api: API = "chat",
+    endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
+    config: RunConfig | None = None,
     output: str = "response",
     error: str = "error",
     metadata: bool = False,
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
+    chunk_size: int = 10_000,
+    **options: Any,
 ) -> pl.DataFrame:
     """``complete`` for async code: ``await df.llm.acomplete(...)`` on the caller's loop."""
-    config, series, out, ckpt = _begin(
-        df, column, chunk_size, output, error, checkpoint, endpoints=endpoints, rps=rps,
-        concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, model=model,
-        system=system, params=params or {}, api=api)
+    config = run_config(endpoints, config, **options)
+    series, out, ckpt = _begin(df, column, chunk_size, output, error, metadata, checkpoint,
+                               config)
     try:
         await _run_series(series, config, chunk_size, progress, out, ckpt)
     except asyncio.CancelledError:
@@ -283,28 +270,20 @@ async def acomplete(
 def complete_expr(
     expr: pl.Expr,
     *,
-    endpoints: EndpointLike | Iterable[EndpointLike],
-    rps: float | None = None,
-    concurrency: int = 256,
-    max_attempts: int = 5,
-    chunk_size: int = 10_000,
-    timeout: float = 60.0,
-    model: str | None = None,
-    system: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    api: API = "chat",
+    endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
+    config: RunConfig | None = None,
     progress: bool = True,
+    chunk_size: int = 10_000,
+    **options: Any,
 ) -> pl.Expr:
     """``pl.col("prompt").llm.complete(...)``: a Struct ``{response, error}`` expression.
 
-    The whole column is one run (one rate limit, one progress bar). ``return_dtype`` is
-    given to ``map_batches`` so polars never calls the function on dummy data to learn the
-    output type (which would send requests).
+    Takes the same run options as :func:`complete`. The whole column is one run (one rate
+    limit, one progress bar). ``return_dtype`` is given to ``map_batches`` so polars never
+    calls the function on dummy data to learn the output type (which would send requests).
     """
     _check(chunk_size, "response", "error")
-    config = RunConfig(endpoints, rps=rps, concurrency=concurrency, max_attempts=max_attempts,
-                       timeout=timeout, model=model, system=system, params=params or {},
-                       api=api)
+    config = run_config(endpoints, config, **options)
 
     def run(series: pl.Series) -> pl.Series:
         _check_strings(series)

@@ -40,7 +40,7 @@ def test_original_flags_work_verbatim(tmp_path, mock_server):
     lines = read_jsonl(out)
     assert sorted(x["index"] for x in lines) == list(range(50))
     for x in lines:
-        assert x["response"] == f"echo: prompt {x['index']}" and x["meta"] == x["index"]
+        assert x["response"] == f"echo: prompt {x['index']}" and x["request"]["meta"] == x["index"]
         assert x["attempts"] == 1 and x["endpoint"] == srv.url and x["latency_ms"] >= 0
         assert x["usage"]["prompt_tokens"] == 3
     assert "done: 50 of 50 rows" in proc.stderr
@@ -77,7 +77,7 @@ def test_bad_lines_become_error_lines_with_their_index(tmp_path, mock_server):
     assert sorted(errors) == [1, 3, 4, 5, 6]
     assert "line 2: not valid JSON" in errors[1]["error"] and errors[1]["input"] == "not json"
     assert "expected a JSON object" in errors[3]["error"]
-    assert errors[4]["id"] == "x" and "must be a string" in errors[4]["error"]
+    assert errors[4]["request"]["id"] == "x" and "must be a string" in errors[4]["error"]
     assert 'missing "input"' in errors[5]["error"]
     assert "not valid UTF-8" in errors[6]["error"]
     saved = read_jsonl(tmp_path / "r.save.jsonl")

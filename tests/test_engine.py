@@ -1,5 +1,6 @@
 """The engine against real mock servers on 127.0.0.1."""
 
+import asyncio
 import time
 from collections import Counter
 
@@ -79,6 +80,13 @@ def test_retryable_faults_recover_and_permanent_failures_are_reported(mock_serve
     results, stats = run_rows(["a"], [srv.url], max_attempts=5, backoff_initial=0.01)
     assert results[0].response == "echo: a" and results[0].attempts == 5
     assert stats.retries == 4
+    # permanent: a fault that never clears ends the row after max_attempts, reported
+    dead = mock_server(faults={"500": 1.0})
+    results, stats = run_rows(["b", "c"], [dead.url], max_attempts=3, backoff_initial=0.01)
+    for r in results.values():
+        assert r.error_type == "http_error" and r.status == 500 and r.attempts == 3
+        assert "HTTP 500" in r.error and "after 3 attempts" in r.error
+    assert stats.errors == 2 and dead.counts["requests"] == 6
 
 
 def test_timeouts_end_as_timeout_errors(mock_server):
@@ -175,3 +183,82 @@ def test_raw_api_keeps_the_response_json(mock_server):
     results, _ = run_rows([(0, body, None)], [srv.url], api="raw")
     raw = results[0].response
     assert raw["choices"][0]["message"]["content"] == "echo: yo" and raw["model"] == "m"
+
+
+@pytest.mark.parametrize("fault", ["badgzip", "badgzip_close"])
+def test_a_body_that_says_gzip_but_is_not_is_a_retried_invalid_response(mock_server, fault):
+    """Defect 4: zlib.error escaped the fast transport: a connection error, or a hang until
+    the timeout when the body ended at connection close."""
+    srv = mock_server(script=[fault])
+    results, _ = run_rows(["a"], [srv.url], backoff_initial=0.01)
+    assert results[0].response == "echo: a" and results[0].attempts == 2
+    bad = mock_server(faults={fault: 1.0})
+    results, _ = run_rows(["a"], [bad.url], max_attempts=2, backoff_initial=0.01, timeout=30)
+    r = results[0]
+    assert r.error_type == "invalid_response" and "gzip" in r.error  # not "timeout"
+
+
+def test_a_result_that_cannot_be_stored_stops_the_run_loudly(mock_server):
+    """Defect 5: an exception in on_result lost the row and the run ended 'normally'."""
+    from llmframe import RunConfig, StoreError, stream_results
+    from llmframe._runner import run_sync
+
+    srv = mock_server()
+    stored = []
+
+    def store(r):
+        if len(stored) == 10:
+            raise OSError(28, "No space left on device")
+        stored.append(r.index)
+
+    async def main():
+        async for _ in stream_results([(i, {"input": f"q{i}"}, None) for i in range(200)],
+                                      RunConfig([srv.url], concurrency=4), on_result=store):
+            pass
+
+    with pytest.raises(StoreError, match="No space left on device") as info:
+        run_sync(main)
+    assert isinstance(info.value.__cause__, OSError)
+    assert len(stored) == 10  # what was stored stays stored
+
+
+def test_stop_counts_rows_waiting_out_their_backoff(mock_server):
+    """Defect 6: stop() missed retries still waiting their backoff."""
+    from llmframe import RunConfig, RunControl, RunStats, stream_results
+    from llmframe._runner import run_sync
+
+    srv = mock_server(faults={"500": 1.0})
+    stats, control = RunStats(), RunControl()
+
+    async def main():
+        async def stop_when_all_wait():
+            while stats.retries < 20:
+                await asyncio.sleep(0.01)
+            control.stop()
+
+        watcher = asyncio.get_running_loop().create_task(stop_when_all_wait())
+        rows = [(i, {"input": f"q{i}"}, None) for i in range(20)]
+        async for _ in stream_results(rows, RunConfig([srv.url], backoff_initial=30,
+                                                      max_attempts=3), stats, control):
+            pass
+        await watcher
+
+    run_sync(main)
+    assert stats.rows == 20 and stats.done == 0 and stats.unfinished == 20
+
+
+def test_engine_without_sockets_through_a_mock_transport():
+    """The transport seam: a MockTransport answers, so the engine runs with no network."""
+    from llmframe._transport import MockTransport, TransportError
+
+    calls = []
+
+    def handler(body):
+        calls.append(body)
+        if len(calls) == 1:
+            raise TransportError("protocol", "connection reset")
+        return 200, {}, b'{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}'
+
+    results, _stats = run_rows(["a"], ["http://llm.invalid/v1"], backoff_initial=0.01,
+                              transport=lambda url, headers: MockTransport(handler))
+    assert results[0].response == "hi" and results[0].attempts == 2 and len(calls) == 2

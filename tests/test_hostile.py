@@ -93,7 +93,7 @@ def test_every_line_ends_as_one_result_or_one_error(server, tmp_path_factory, co
     for r in errors:
         assert r["error"]  # a reason, always
     for r in saved:
-        assert r["response"] == "echo: " + r["input"]
+        assert r["response"] == "echo: " + r["request"]["input"]
 
 
 def test_huge_lines_and_specific_cases_through_the_cli(tmp_path, server):

@@ -1,6 +1,7 @@
 """The notebooks run top to bottom in a real Jupyter kernel, and show what they should."""
 
 import ast
+import queue
 import re
 import time
 
@@ -49,29 +50,62 @@ def test_quickstart_runs_and_shows_results():
     assert not errors
 
 
+def _wait_until(condition, what, timeout=60.0):
+    """Poll ``condition`` until it holds; fail naming ``what()`` if ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting for {what()}")
+        time.sleep(0.02)
+
+
+def _reply_to(kc, msg_id, timeout=60.0):
+    """The shell reply to ``msg_id``; fail if none comes within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise queue.Empty
+            reply = kc.get_shell_msg(timeout=left)
+        except queue.Empty:
+            pytest.fail(f"the kernel sent no reply to the cell within {timeout:g} s")
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 @pytest.mark.slow
-def test_kernel_interrupt_stops_the_call_and_keeps_answered_rows():
+def test_kernel_interrupt_stops_the_call_and_keeps_answered_rows(mock_server):
+    # The endpoint is served from this process so the test can see what reached it: the
+    # first `answered_first` requests are answered at once, every later one hangs (is never
+    # answered).
+    rows, answered_first, window = 300, 20, 50
+    srv = mock_server(script=[None] * answered_first, faults={"hang": 1.0})
     km, kc = start_new_kernel(kernel_name="python3")
     try:
         setup = (
             "import polars as pl, llmframe\n"
-            "from llmframe.testing import MockServer\n"
-            "srv = MockServer(latency=(0.05, 60)).start()\n"
-            "df = pl.DataFrame({'p': [f'r{i}' for i in range(300)]})\n"
+            f"df = pl.DataFrame({{'p': [f'r{{i}}' for i in range({rows})]}})\n"
         )
         reply = kc.execute_interactive(setup, timeout=60)
         assert reply["content"]["status"] == "ok"
-        msg_id = kc.execute("out = df.llm.complete('p', endpoints=srv.url, progress=False)")
-        time.sleep(2.0)
-        started = time.monotonic()
+        # timeout=600: no attempt can time out (and end the call) before the deadlines below
+        msg_id = kc.execute(f"out = df.llm.complete('p', endpoints={srv.url!r}, "
+                            f"concurrency={window}, timeout=600, progress=False)")
+        # mid-run: every answer has been sent and the whole window is held by hanging
+        # requests, so the call cannot finish by itself
+        _wait_until(lambda: srv.counts["ok"] >= answered_first and srv.counts["hang"] >= window,
+                    lambda: f"{answered_first} answered and {window} hanging requests on the "
+                            f"server; it has {dict(srv.counts)}")
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=30)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=30)
-        took = time.monotonic() - started
+        reply = _reply_to(kc, msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "Interrupted"
-        assert took < 15
+        # stopped promptly: the call returned while its requests still hung on the server (it
+        # waited neither for answers that never come nor for attempts to time out), and sent
+        # nothing after the interrupt: no further rows, no retries
+        assert srv.counts["requests"] == answered_first + window, dict(srv.counts)
+        assert srv.counts["hang"] == window, dict(srv.counts)
         outputs = []
         check = ("p = llmframe.recover()\n"
                  "print(p.height, p['response'].is_not_null().sum(),"
@@ -81,14 +115,16 @@ def test_kernel_interrupt_stops_the_call_and_keeps_answered_rows():
             output_hook=lambda m: outputs.append(m["content"].get("text", "")))
         assert reply["content"]["status"] == "ok"
         height, answered, cut = map(int, "".join(outputs).split())
-        assert height == 300 and answered > 0 and answered + cut == 300
+        # every answer the server sent is kept; the hanging and never-sent rows are marked
+        # "not answered: interrupted" (not timed out, not lost)
+        assert (height, answered, cut) == (rows, answered_first, rows - answered_first)
         # the kernel still works: a second call in the same kernel runs fine
+        again = mock_server()
         reply = kc.execute_interactive(
-            "srv2 = MockServer().start()\n"
-            "assert df.head(5).llm.complete('p', endpoints=srv2.url, progress=False)"
-            "['response'].to_list() == [f'echo: r{i}' for i in range(5)]\n"
-            "srv.stop(); srv2.stop()", timeout=60)
+            f"assert df.head(5).llm.complete('p', endpoints={again.url!r}, progress=False)"
+            "['response'].to_list() == [f'echo: r{i}' for i in range(5)]", timeout=60)
         assert reply["content"]["status"] == "ok"
+        assert again.counts["ok"] == 5
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

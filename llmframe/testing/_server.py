@@ -7,7 +7,10 @@ the last user message / the prompt), so a test can check that every row got its 
 
 Latency is fixed or a random range; faults are drawn per request by rate, seeded:
 ``429`` (with Retry-After), ``500``, ``503``, ``drop`` (close the connection), ``hang``
-(never answer), ``malformed`` (a 200 whose body is not JSON).
+(never answer), ``malformed`` (a 200 whose body is not JSON), ``badgzip`` (a 200 marked
+``Content-Encoding: gzip`` whose body is plain JSON) and ``badgzip_close`` (the same without
+Content-Length, delimited by closing the connection). ``first_fault`` answers the first
+request of each distinct prompt with one fault (e.g. every prompt's first attempt is a 429).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import orjson
 
 __all__ = ["FAULTS", "MockServer", "MockState", "serve"]
 
-FAULTS = ("429", "500", "503", "drop", "hang", "malformed")
+FAULTS = ("429", "500", "503", "drop", "hang", "malformed", "badgzip", "badgzip_close")
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
             405: b"Method Not Allowed", 429: b"Too Many Requests",
             500: b"Internal Server Error", 503: b"Service Unavailable"}
@@ -45,11 +48,13 @@ class MockState:
         require_key: str | None = None,
         echo_auth: bool = False,
         script: list[str | None] | None = None,
+        first_fault: str | None = None,
         name: str = "mock",
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
-        unknown = (set(faults) | {s for s in script if s is not None}) - set(FAULTS)
+        named = set(faults) | {s for s in [*script, first_fault] if s is not None}
+        unknown = named - set(FAULTS)
         if unknown:
             msg = f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}"
             raise ValueError(msg)
@@ -69,6 +74,8 @@ class MockState:
         self.arrivals: list[float] = []
         self.record_arrivals = False
         self.script = script
+        self.first_fault = first_fault
+        self.seen_prompts: set[str] = set()  # prompts already answered with first_fault
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections: set[asyncio.BaseTransport] = set()
@@ -101,12 +108,20 @@ class MockState:
                 "max_in_flight": self.max_in_flight}
 
 
-def _response(status: int, body: bytes, extra: bytes = b"") -> bytes:
+def _response(status: int, body: bytes, extra: bytes = b"", *, length: bool = True) -> bytes:
+    """One HTTP/1.1 response; ``length=False`` leaves out Content-Length (body ends at close)."""
+    size = b"Content-Length: " + str(len(body)).encode() + b"\r\n" if length else b""
     return b"".join((
         b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS.get(status, b"Error"), b"\r\n",
-        b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
-        b"\r\n", extra, b"\r\n", body,
+        b"Content-Type: application/json\r\n", size, extra, b"\r\n", body,
     ))
+
+
+def _seconds(value: float) -> str:
+    """``value`` as a header number, verbatim: 86400 -> ``86400``, 0.3 -> ``0.3``."""
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -125,15 +140,29 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def prompt_of(path: bytes, doc: Any) -> str | None:
+    """The prompt of a request: the last user message (chat) or ``prompt`` (completions)."""
+    if not isinstance(doc, dict):
+        return None
+    if path.endswith(b"/chat/completions"):
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        return _text_of(users[-1].get("content")) if users else ""
+    if path.endswith(b"/completions"):
+        prompt = doc.get("prompt")
+        return prompt if isinstance(prompt, str) else None
+    return None
+
+
 def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
     """Status and JSON body for one well-formed request (no faults)."""
     model = doc.get("model") or state.name
     if path.endswith(b"/chat/completions"):
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
+        prompt = prompt_of(path, doc)
+        if prompt is None:
             return 400, _error_body(400, "'messages' must be a non-empty list")
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        prompt = _text_of(users[-1].get("content")) if users else ""
         text = "echo: " + prompt
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant", "content": text}}
@@ -156,17 +185,23 @@ def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
     return 200, body
 
 
+_NOT_GZIP = orjson.dumps({
+    "id": "mock-1", "object": "chat.completion", "created": 0, "model": "mock",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "not gzip"}}]})
+
 _MODELS = orjson.dumps({"object": "list", "data": [
     {"id": "mock-model", "object": "model", "created": 0, "owned_by": "llmframe"}]})
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("buf", "closed", "state", "transport")
+    __slots__ = ("buf", "closed", "closing", "state", "transport")
 
     def __init__(self, state: MockState) -> None:
         self.state = state
         self.buf = bytearray()
         self.closed = False
+        self.closing = False  # a close-delimited answer is pending: read no more requests
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,7 +215,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while True:
+        while not self.closing:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > 65536:
@@ -250,13 +285,26 @@ class _Protocol(asyncio.Protocol):
                 message += f" (got Authorization: {auth})"
             self._send(_error(401, message))
             return
+        doc: Any = None
+        if state.first_fault is not None:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                doc = None
+            prompt = prompt_of(path, doc)
+            if prompt is not None and prompt not in state.seen_prompts:
+                state.seen_prompts.add(prompt)
+                counts[state.first_fault] += 1
+                self._fault(state.first_fault, auth)
+                return
         fault = state.fault()
         if fault is not None:
             counts[fault] += 1
             self._fault(fault, auth)
             return
         try:
-            doc = orjson.loads(body)
+            if doc is None:
+                doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             counts["400"] += 1
             self._send(_error(400, "body is not valid JSON"))
@@ -273,20 +321,26 @@ class _Protocol(asyncio.Protocol):
         counts["ok" if status == 200 else str(status)] += 1
         self._later(_response(status, payload))
 
-    def _later(self, data: bytes) -> None:
+    def _later(self, data: bytes, close: bool = False) -> None:
+        """Send ``data`` after the configured latency (then close the connection if asked)."""
         state = self.state
+        if close:
+            self.closing = True
         delay = state.delay()
         if delay <= 0:
-            self._send(data)
+            self._send_later(data, close, counted=False)
             return
         state.in_flight += 1
         if state.in_flight > state.max_in_flight:
             state.max_in_flight = state.in_flight
-        asyncio.get_running_loop().call_later(delay, self._send_later, data)
+        asyncio.get_running_loop().call_later(delay, self._send_later, data, close)
 
-    def _send_later(self, data: bytes) -> None:
-        self.state.in_flight -= 1
+    def _send_later(self, data: bytes, close: bool = False, counted: bool = True) -> None:
+        if counted:
+            self.state.in_flight -= 1
         self._send(data)
+        if close and not self.closed:
+            self.transport.close()  # type: ignore[union-attr]  # flushes, then closes
 
     def _fault(self, fault: str, auth: str | None) -> None:
         state = self.state
@@ -298,10 +352,17 @@ class _Protocol(asyncio.Protocol):
         if fault == "malformed":
             self._later(_response(200, b'{"choices": [{"message": {"content": "tru'))
             return
+        if fault == "badgzip":
+            self._later(_response(200, _NOT_GZIP, b"Content-Encoding: gzip\r\n"))
+            return
+        if fault == "badgzip_close":
+            extra = b"Content-Encoding: gzip\r\nConnection: close\r\n"
+            self._later(_response(200, _NOT_GZIP, extra, length=False), close=True)
+            return
         status = int(fault)
         extra = b""
         if status == 429 and state.retry_after is not None:
-            extra = f"Retry-After: {state.retry_after:g}\r\n".encode()
+            extra = b"Retry-After: " + _seconds(state.retry_after).encode() + b"\r\n"
         message = f"mock fault {status}"
         if state.echo_auth and auth:
             message += f" (Authorization: {auth})"
@@ -329,7 +390,9 @@ class MockServer:
 
     Options: ``latency`` (seconds, or a ``(low, high)`` range), ``faults`` (``{"429": 0.1,
     "drop": 0.01, ...}``), ``script`` (faults for the first requests in order, ``None`` for a
-    normal answer, e.g. ``["429", None, "500"]``), ``retry_after``, ``seed``, ``require_key``
+    normal answer, e.g. ``["429", None, "500"]``), ``first_fault`` (the fault answered to the
+    first request of each distinct prompt; later ones go on as usual), ``retry_after``
+    (seconds, sent verbatim with 429s), ``seed``, ``require_key``
     (answer 401 unless ``Authorization: Bearer <key>``), ``echo_auth`` (echo the
     Authorization header in error bodies, as some misbehaving servers do), ``port`` (0 picks
     a free one).

@@ -1,0 +1,198 @@
+"""The dispatcher: takes rows (and retries that are due), waits for a free slot and for the
+global pacer, picks an endpoint from the pool and starts one task per attempt.
+
+Retries wait in a :class:`RetryQueue` — a ``loop.call_later`` per waiting row, never a
+sleeping task holding a slot — and go before new rows when due. ``stop()`` stops taking
+rows and retries; the rows it leaves without a result are counted in ``stats.unfinished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from ._attempt import Job
+from ._config import RunConfig
+from ._pacer import Pacer
+from ._pool import EndpointPool, Target
+from ._protocols import RowError, prepare
+from ._results import Result, Row, RunStats
+
+__all__ = ["Dispatcher", "RetryQueue"]
+
+
+class RetryQueue:
+    """Rows waiting to be retried: ``schedule(job, wait)``; due ones come out of ``pop``.
+
+    >>> import asyncio
+    >>> async def demo():
+    ...     q = RetryQueue(lambda: None)
+    ...     q.schedule("a", 0); q.schedule("b", 60)
+    ...     await asyncio.sleep(0.01)
+    ...     return q.pop(), q.pop(), len(q), q.drop()
+    >>> asyncio.run(demo())
+    ('a', None, 1, 1)
+    """
+
+    __slots__ = ("_handles", "_ready", "_wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._ready: deque[Job] = deque()
+        self._handles: dict[int, asyncio.TimerHandle] = {}
+        self._wake = wake
+
+    def schedule(self, job: Job, wait: float) -> None:
+        key = id(job)
+        self._handles[key] = asyncio.get_running_loop().call_later(wait, self._due, key, job)
+
+    def _due(self, key: int, job: Job) -> None:
+        del self._handles[key]
+        self._ready.append(job)
+        self._wake()
+
+    def pop(self) -> Job | None:
+        return self._ready.popleft() if self._ready else None
+
+    def __len__(self) -> int:
+        """Rows waiting out their backoff (not yet due)."""
+        return len(self._handles)
+
+    def drop(self) -> int:
+        """Forget every waiting row, due or not; returns how many."""
+        for handle in self._handles.values():
+            handle.cancel()
+        count = len(self._handles) + len(self._ready)
+        self._handles.clear()
+        self._ready.clear()
+        return count
+
+
+class Dispatcher:
+    """Feeds attempts to ``launch(job, target)`` within the run's limits."""
+
+    def __init__(self, rows: Iterable[Row], config: RunConfig, pool: EndpointPool,
+                 stats: RunStats, launch: Callable[[Job, Target], None],
+                 emit: Callable[[Result], None]) -> None:
+        self.rows: Iterator[Row] = iter(rows)
+        self.config = config
+        self.pool = pool
+        self.stats = stats
+        self.launch = launch
+        self.emit = emit
+        self.pacer = Pacer(config.rps) if config.rps else None
+        self.retries = RetryQueue(self.wake)
+        self.in_flight = 0
+        self.stopping = False
+        self._wake_fut: asyncio.Future[None] | None = None
+
+    def wake(self, *_: object) -> None:
+        fut = self._wake_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _sleep(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake_fut = fut = loop.create_future()
+        handle = loop.call_later(timeout, self.wake) if timeout else None
+        try:
+            await fut
+        finally:
+            self._wake_fut = None
+            if handle is not None:
+                handle.cancel()
+
+    def stop(self) -> None:
+        """Stop taking rows and retries; attempts in flight may still finish."""
+        if not self.stopping:
+            self.stopping = True
+            self.stats.unfinished += self.retries.drop()
+            self.wake()
+
+    def retry(self, job: Job, wait: float) -> None:
+        if self.stopping:
+            self.stats.unfinished += 1  # no result: a resumed run sends it again
+        else:
+            self.retries.schedule(job, wait)
+
+    def _job(self, row: Row) -> Job | None:
+        index, payload, reason = row
+        self.stats.rows += 1
+        if reason is None:
+            config = self.config
+            try:
+                prepared = prepare(payload, config.api, system=config.system,
+                                   params=config.params)
+            except RowError as exc:
+                reason = str(exc)
+            else:
+                return Job(index, payload, prepared)
+        self.emit(Result(index, payload, error=reason, error_type="invalid_input"))
+        return None
+
+    def _next(self) -> Job | bool | None:
+        """The next job; None when a row needed no request; False when there is nothing
+        to do now; True when the run is over."""
+        job = self.retries.pop()
+        if job is not None:
+            return job
+        if self.rows is not None:
+            row = next(self.rows, None)
+            if row is not None:
+                return self._job(row)
+            self.rows = None  # type: ignore[assignment]
+        return not (self.in_flight or len(self.retries))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        concurrency = self.config.concurrency
+        while not self.stopping:
+            job = self._next()
+            if job is True:
+                return
+            if job is False:
+                await self._sleep()
+                continue
+            if job is None:
+                continue
+            while self.in_flight >= concurrency and not self.stopping:
+                await self._sleep()
+            if self.pacer is not None:
+                await self.pacer.acquire()
+            target = None if self.stopping else await self._target(job, loop)
+            if target is None:
+                if self.stopping:  # read (or due) but never sent: a resumed run sends it
+                    self.stats.unfinished += 1
+                continue
+            if target.limiter is not None:
+                await target.limiter.acquire()  # never waits: pick checked has_capacity
+            self.in_flight += 1
+            self.stats.in_flight = self.in_flight
+            target.in_flight += 1
+            job.deadline = loop.time() + target.timeout
+            self.launch(job, target)
+        while self.in_flight:  # stopping: let what is in flight finish (the caller bounds it)
+            await self._sleep()
+
+    async def _target(self, job: Job, loop: asyncio.AbstractEventLoop) -> Target | None:
+        """An endpoint for ``job``, waiting for one if need be; None if the job ended."""
+        pool = self.pool
+        while True:
+            now = loop.time()
+            target = pool.pick(job.last_endpoint, now)
+            if target is not None:
+                return target
+            reason = pool.out_reason(now)
+            if reason is not None:
+                self.emit(Result(job.index, job.payload, error=reason,
+                                 error_type="unavailable", attempts=job.attempts))
+                return None
+            await self._sleep(pool.idle_wait(now))
+            if self.stopping:
+                return None
+
+    def done_one(self, target: Target) -> None:
+        self.in_flight -= 1
+        self.stats.in_flight = self.in_flight
+        target.in_flight -= 1
+        self.wake()

@@ -1,0 +1,103 @@
+"""What a run produces: one :class:`Result` per row, and counters (:class:`RunStats`).
+
+These types are shared by the engine, the file layer, the summary, the workers and the
+polars path; they live here so none of those imports the engine to name them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EndpointStats", "Result", "Row", "RunStats"]
+
+#: An input row: (index, payload, reason). ``reason`` is set for a line that could not even
+#: be read (not JSON, bad encoding); such a row becomes an error result without a request.
+Row = tuple[int, Any, "str | None"]
+
+_RESERVOIR = 20_000
+
+
+@dataclass(slots=True)
+class Result:
+    """The one outcome of one row: a response or an error (never both)."""
+
+    index: int
+    payload: Any
+    response: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    status: int | None = None
+    attempts: int = 0
+    endpoint: str | None = None
+    latency: float | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Per-endpoint figures: attempts sent, answered, failed, cooldowns, 429s, latencies."""
+
+    name: str
+    sent: int = 0
+    ok: int = 0
+    failed_attempts: int = 0
+    cooldowns: int = 0
+    throttled: int = 0
+    latencies: list[float] = field(default_factory=list)
+    _seen: int = 0
+
+    def record_latency(self, value: float) -> None:
+        # reservoir sample: bounded memory on runs of millions of rows
+        self._seen += 1
+        if len(self.latencies) < _RESERVOIR:
+            self.latencies.append(value)
+        else:
+            j = random.randrange(self._seen)
+            if j < _RESERVOIR:
+                self.latencies[j] = value
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters a run keeps up to date; read them for progress and the final summary.
+
+    ``rows`` read, ``ok`` answered, ``errors`` ended as errors, ``retries`` attempts after
+    the first, ``unfinished`` rows a stopped run left without a result, ``endpoints`` one
+    :class:`EndpointStats` each. ``str(stats)`` is the summary ``llmframe run`` prints.
+
+    >>> s = RunStats(rows=3, ok=2, errors=1)
+    >>> s.done, s.seconds
+    (3, 0.0)
+    """
+
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    unfinished: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    endpoints: list[EndpointStats] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.errors
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the run (0 until it has finished)."""
+        return max(self.finished - self.started, 0.0) if self.finished else 0.0
+
+    def __str__(self) -> str:
+        from ._summary import format_summary
+
+        return format_summary(self, [1.0] * len(self.endpoints))
