@@ -203,8 +203,8 @@ def _cell(out: Outcome) -> str:
 
 
 def _ratio(a: Outcome, b: Outcome) -> str:
-    if not b.seconds:
-        return "-"
+    if not b.seconds or (a.timed_out is not None and b.timed_out is not None):
+        return "- (both timed out)" if b.seconds else "-"
     ratio = a.seconds / b.seconds
     if a.timed_out is not None and b.timed_out is None:
         return f">= {ratio:.2f}"

@@ -34,6 +34,17 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.I)
 
 
+def _looks_like_a_key(name: str) -> bool:
+    """Variable names are short or upper-case; a long mixed-case token is a key pasted in
+    the wrong place (never echo it back).
+
+    >>> _looks_like_a_key("OPENAI_API_KEY"), _looks_like_a_key("AIzaSyD3x9kQ0abcdefGHIJ")
+    (False, True)
+    """
+    return len(name) >= 20 and any(c.islower() for c in name) and any(
+        c.isdigit() for c in name)
+
+
 def _positive(name: str, value: Any, where: str, *, integer: bool = False) -> None:
     ok_type = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_type):
@@ -94,6 +105,7 @@ class Endpoint:
             raise ConfigError(msg)
         if self.api_key_env is not None and (
             not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env)
+            or _looks_like_a_key(self.api_key_env)
         ):
             msg = (
                 f"{where}: api_key_env must be the NAME of an environment variable "
@@ -124,11 +136,20 @@ class Endpoint:
         """Read the key from the environment; a named but unset variable is a ConfigError."""
         if self.api_key_env is None:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = (os.environ.get(self.api_key_env) or "").strip()
         if not key:
             msg = (
                 f"endpoint {self.name!r}: environment variable {self.api_key_env} is not set "
                 f"(set it to the API key, e.g. export {self.api_key_env}=...)"
+            )
+            raise ConfigError(msg)
+        bad = next((i for i, c in enumerate(key) if not " " < c < "\x7f"), None)
+        if bad is not None:
+            msg = (
+                f"endpoint {self.name!r}: environment variable {self.api_key_env} holds a "
+                f"character that cannot be sent in an HTTP header (at position {bad}: a "
+                "space, line break or non-ASCII character, often from a copy-paste); set it "
+                "to the key alone"
             )
             raise ConfigError(msg)
         return key

@@ -159,7 +159,9 @@ class Dispatcher:
                 await self._sleep()
             if self.pacer is not None:
                 await self.pacer.acquire()
-            target = None if self.stopping else await self._target(job, loop)
+            target = None if self.stopping else self.pool.pick(job.last_endpoint, loop.time())
+            if target is None and not self.stopping:
+                target = await self._wait_for_target(job, loop)
             if target is None:
                 if self.stopping:  # read (or due) but never sent: a resumed run sends it
                     self.stats.unfinished += 1
@@ -174,14 +176,13 @@ class Dispatcher:
         while self.in_flight:  # stopping: let what is in flight finish (the caller bounds it)
             await self._sleep()
 
-    async def _target(self, job: Job, loop: asyncio.AbstractEventLoop) -> Target | None:
-        """An endpoint for ``job``, waiting for one if need be; None if the job ended."""
+    async def _wait_for_target(self, job: Job, loop: asyncio.AbstractEventLoop
+                               ) -> Target | None:
+        """An endpoint for ``job`` once one can take it; None if the job ended (every
+        endpoint is out: the row's error is emitted) or the run is stopping."""
         pool = self.pool
         while True:
             now = loop.time()
-            target = pool.pick(job.last_endpoint, now)
-            if target is not None:
-                return target
             reason = pool.out_reason(now)
             if reason is not None:
                 self.emit(Result(job.index, job.payload, error=reason,
@@ -190,6 +191,9 @@ class Dispatcher:
             await self._sleep(pool.idle_wait(now))
             if self.stopping:
                 return None
+            target = pool.pick(job.last_endpoint, loop.time())
+            if target is not None:
+                return target
 
     def done_one(self, target: Target) -> None:
         self.in_flight -= 1

@@ -16,14 +16,16 @@ import orjson
 
 __all__ = ["Secrets", "redact", "redact_url"]
 
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;)\\]+")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove API keys (and any bearer token) from text that may be shown or stored.
+    r"""Remove API keys (and any bearer token) from text that may be shown or stored.
 
     >>> redact("key sk-123 and Authorization: Bearer sk-999", ["sk-123"])
     'key *** and Authorization: Bearer ***'
+    >>> redact('(got "Bearer sk-9") and {\\"a\\": \\"Bearer sk-9\\"}')
+    '(got "Bearer ***") and {\\"a\\": \\"Bearer ***\\"}'
     """
     for secret in secrets:
         if secret:

@@ -230,3 +230,26 @@ def test_an_interrupted_run_does_not_leak_keys(mock_server, key_env, tmp_path):
     assert "Interrupted" in out, out + err
     assert "Authorization: Bearer ***" in out  # the echoed header is in it, redacted
     assert KEY not in out + err + ckpt.read_text()
+
+
+def test_keys_with_stray_characters_fail_at_config_time_without_echoing(monkeypatch,
+                                                                        mock_server):
+    """A copy-pasted key: a trailing newline is stripped; a curly quote or an inner space is
+    a ConfigError that names the variable, never the key."""
+    srv = mock_server(require_key="sk-clean-0123456789")
+    monkeypatch.setenv("LLMF_NL_KEY", "sk-clean-0123456789\n")
+    results, _ = run_rows(["a"], [{"url": srv.url, "api_key_env": "LLMF_NL_KEY"}])
+    assert results[0].response == "echo: a"
+    assert srv.auth_seen == {"Bearer sk-clean-0123456789": 1}
+    for bad in ("sk-curly\u2019quote-0123456789", "sk-inner space-0123456789"):
+        monkeypatch.setenv("LLMF_BAD_KEY", bad)
+        with pytest.raises(ConfigError) as info:
+            RunConfig([{"url": srv.url, "api_key_env": "LLMF_BAD_KEY"}])
+        assert "LLMF_BAD_KEY" in str(info.value) and bad not in str(info.value)
+
+
+def test_a_key_pasted_as_the_variable_name_is_not_echoed():
+    key = "AIzaSyD3x9kQ0abcdefGHIJklmn"
+    with pytest.raises(ConfigError) as info:
+        Endpoint("http://127.0.0.1:1/v1", api_key_env=key)
+    assert key not in str(info.value) and "NAME of an environment variable" in str(info.value)
