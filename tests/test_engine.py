@@ -249,7 +249,8 @@ def test_stop_counts_rows_waiting_out_their_backoff(mock_server):
 
 def test_engine_without_sockets_through_a_mock_transport():
     """The transport seam: a MockTransport answers, so the engine runs with no network."""
-    from llmframe._transport import MockTransport, TransportError
+    from llmframe._transport import TransportError
+    from llmframe.testing import MockTransport
 
     calls = []
 

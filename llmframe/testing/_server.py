@@ -27,12 +27,21 @@ from typing import Any
 
 import orjson
 
+from ._answers import (
+    _MODELS,
+    _error,
+    _response,
+    _text_of,
+    answer,
+    fault_reply,
+    parse_head,
+    prompt_of,
+)
+
 __all__ = ["FAULTS", "MockServer", "MockState", "serve"]
 
 FAULTS = ("429", "500", "503", "drop", "hang", "malformed", "badgzip", "badgzip_close")
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-            405: b"Method Not Allowed", 429: b"Too Many Requests",
-            500: b"Internal Server Error", 503: b"Service Unavailable"}
+
 
 
 class MockState:
@@ -108,92 +117,6 @@ class MockState:
                 "max_in_flight": self.max_in_flight}
 
 
-def _response(status: int, body: bytes, extra: bytes = b"", *, length: bool = True) -> bytes:
-    """One HTTP/1.1 response; ``length=False`` leaves out Content-Length (body ends at close)."""
-    size = b"Content-Length: " + str(len(body)).encode() + b"\r\n" if length else b""
-    return b"".join((
-        b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS.get(status, b"Error"), b"\r\n",
-        b"Content-Type: application/json\r\n", size, extra, b"\r\n", body,
-    ))
-
-
-def _seconds(value: float) -> str:
-    """``value`` as a header number, verbatim: 86400 -> ``86400``, 0.3 -> ``0.3``."""
-    if value == int(value):
-        return str(int(value))
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _error_body(status: int, message: str) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": "mock_error", "code": status}})
-
-
-def _error(status: int, message: str, extra: bytes = b"") -> bytes:
-    return _response(status, _error_body(status, message), extra)
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def prompt_of(path: bytes, doc: Any) -> str | None:
-    """The prompt of a request: the last user message (chat) or ``prompt`` (completions)."""
-    if not isinstance(doc, dict):
-        return None
-    if path.endswith(b"/chat/completions"):
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return None
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        return _text_of(users[-1].get("content")) if users else ""
-    if path.endswith(b"/completions"):
-        prompt = doc.get("prompt")
-        return prompt if isinstance(prompt, str) else None
-    return None
-
-
-def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
-    """Status and JSON body for one well-formed request (no faults)."""
-    model = doc.get("model") or state.name
-    if path.endswith(b"/chat/completions"):
-        prompt = prompt_of(path, doc)
-        if prompt is None:
-            return 400, _error_body(400, "'messages' must be a non-empty list")
-        text = "echo: " + prompt
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": text}}
-        kind = "chat.completion"
-    elif path.endswith(b"/completions"):
-        prompt = doc.get("prompt")
-        if not isinstance(prompt, str):
-            return 400, _error_body(400, "'prompt' must be a string")
-        text = "echo: " + prompt
-        choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
-        kind = "text_completion"
-    else:
-        return 404, _error_body(404, "not found")
-    prompt_tokens = len(prompt.split()) + 1
-    body = orjson.dumps({
-        "id": "mock-1", "object": kind, "created": 0, "model": model, "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": prompt_tokens + 1,
-                  "total_tokens": 2 * prompt_tokens + 1},
-    })
-    return 200, body
-
-
-_NOT_GZIP = orjson.dumps({
-    "id": "mock-1", "object": "chat.completion", "created": 0, "model": "mock",
-    "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": "not gzip"}}]})
-
-_MODELS = orjson.dumps({"object": "list", "data": [
-    {"id": "mock-model", "object": "model", "created": 0, "owned_by": "llmframe"}]})
-
-
 class _Protocol(asyncio.Protocol):
     __slots__ = ("buf", "closed", "closing", "state", "transport")
 
@@ -222,26 +145,12 @@ class _Protocol(asyncio.Protocol):
                     self._send(_error(400, "headers too large"))
                     self.transport.close()  # type: ignore[union-attr]
                 return
-            head = bytes(buf[:end])
-            lines = head.split(b"\r\n")
             try:
-                method, path, _version = lines[0].split(b" ", 2)
+                method, path, length, auth, chunked = parse_head(bytes(buf[:end]))
             except ValueError:
                 self._send(_error(400, "bad request line"))
                 self.transport.close()  # type: ignore[union-attr]
                 return
-            length = 0
-            auth = None
-            chunked = False
-            for line in lines[1:]:
-                key, _, value = line.partition(b":")
-                key = key.strip().lower()
-                if key == b"content-length":
-                    length = int(value)
-                elif key == b"authorization":
-                    auth = value.strip().decode("latin-1")
-                elif key == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
             if chunked:
                 self._send(_error(411, "chunked bodies are not supported; send Content-Length"))
                 self.transport.close()  # type: ignore[union-attr]
@@ -251,7 +160,7 @@ class _Protocol(asyncio.Protocol):
                 return
             body = bytes(buf[end + 4:total])
             del buf[:total]
-            self.handle(method, path.split(b"?", 1)[0], auth, body)
+            self.handle(method, path, auth, body)
 
     def _send(self, data: bytes) -> None:
         if not self.closed:
@@ -259,7 +168,6 @@ class _Protocol(asyncio.Protocol):
 
     def handle(self, method: bytes, path: bytes, auth: str | None, body: bytes) -> None:
         state = self.state
-        counts = state.counts
         if method == b"GET":
             if path.endswith(b"/models"):
                 self._send(_response(200, _MODELS))
@@ -271,6 +179,11 @@ class _Protocol(asyncio.Protocol):
         if method != b"POST":
             self._send(_error(405, "method not allowed"))
             return
+        self._post(path, auth, body)
+
+    def _post(self, path: bytes, auth: str | None, body: bytes) -> None:
+        state = self.state
+        counts = state.counts
         counts["requests"] += 1
         now = time.time()
         state.per_second[int(now)] += 1
@@ -343,30 +256,13 @@ class _Protocol(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]  # flushes, then closes
 
     def _fault(self, fault: str, auth: str | None) -> None:
-        state = self.state
         if fault == "hang":
             return
         if fault == "drop":
             self.transport.abort()  # type: ignore[union-attr]
             return
-        if fault == "malformed":
-            self._later(_response(200, b'{"choices": [{"message": {"content": "tru'))
-            return
-        if fault == "badgzip":
-            self._later(_response(200, _NOT_GZIP, b"Content-Encoding: gzip\r\n"))
-            return
-        if fault == "badgzip_close":
-            extra = b"Content-Encoding: gzip\r\nConnection: close\r\n"
-            self._later(_response(200, _NOT_GZIP, extra, length=False), close=True)
-            return
-        status = int(fault)
-        extra = b""
-        if status == 429 and state.retry_after is not None:
-            extra = b"Retry-After: " + _seconds(state.retry_after).encode() + b"\r\n"
-        message = f"mock fault {status}"
-        if state.echo_auth and auth:
-            message += f" (Authorization: {auth})"
-        self._later(_error(status, message, extra))
+        reply, close = fault_reply(fault, self.state, auth)
+        self._later(reply, close=close)
 
 
 async def serve(state: MockState, host: str = "127.0.0.1", port: int = 0,
