@@ -53,7 +53,7 @@ class Target:
         max_in_flight = min(endpoint.max_concurrency or 1 << 30, config.concurrency)
         self.health = Health(max_in_flight)
         self.in_flight = 0
-        self.stats = EndpointStats(self.name)
+        self.stats = EndpointStats(self.name, endpoint.weight)
         self.transport: Transport
 
     def eligible(self, now: float, fallback: bool = False) -> bool:

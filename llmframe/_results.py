@@ -46,6 +46,7 @@ class EndpointStats:
     """Per-endpoint figures: attempts sent, answered, failed, cooldowns, 429s, latencies."""
 
     name: str
+    weight: float = 1.0
     sent: int = 0
     ok: int = 0
     failed_attempts: int = 0
@@ -100,4 +101,4 @@ class RunStats:
     def __str__(self) -> str:
         from ._summary import format_summary
 
-        return format_summary(self, [1.0] * len(self.endpoints))
+        return format_summary(self, [e.weight for e in self.endpoints])

@@ -210,7 +210,7 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     stats.retries = sum(s["retries"] for s in values)
     stats.unfinished = sum(s["unfinished"] for s in values)
     stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
-    eps = [EndpointStats(ep.name) for ep in config.endpoints]
+    eps = [EndpointStats(ep.name, ep.weight) for ep in config.endpoints]
     for snap in values:
         for ep, (sent, ok, failed, cooldowns, throttled, latencies) in zip(
                 eps, snap["endpoints"], strict=False):
