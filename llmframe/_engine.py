@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Protocol
 
 from ._attempt import Attempts
 from ._config import RunConfig
@@ -29,17 +28,11 @@ from ._pool import EndpointPool
 from ._results import Result, Row, RunStats
 from ._retry import RetryPolicy
 from ._secrets import Secrets
+from ._sinks import Sink
 
-__all__ = ["RunControl", "Sink", "stream_results"]
+__all__ = ["RunControl", "stream_results"]
 
 _FLUSH_EVERY = 1.0
-
-
-class Sink(Protocol):
-    """Where results are stored as they complete (see ``_sinks``)."""
-
-    def write(self, result: Result) -> None: ...
-    def flush(self) -> None: ...
 
 
 class _Run:

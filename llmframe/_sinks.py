@@ -17,14 +17,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from ._jsonl import error_record, success_record
 from ._results import Result
 
-__all__ = ["FileSink", "JsonlWriter", "clean_lines"]
+__all__ = ["FileSink", "JsonlWriter", "Sink", "clean_lines"]
+
+
+class Sink(Protocol):
+    """Where results are stored the moment they exist. The engine calls ``write`` per
+    result and ``flush`` every second and at the end; the owner calls ``close``."""
+
+    def write(self, result: Result) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class JsonlWriter:
