@@ -16,7 +16,14 @@ from importlib import metadata as _metadata
 from . import _namespace  # noqa: F401 - registers df.llm and pl.col(...).llm
 from ._config import Endpoint, RunConfig
 from ._engine import RunControl, stream_results
-from ._exceptions import ConfigError, InputFileError, Interrupted, LLMFrameError, StoreError
+from ._exceptions import (
+    ConfigError,
+    InputFileError,
+    Interrupted,
+    LLMFrameError,
+    StoreError,
+    WorkerError,
+)
 from ._files import run_file
 from ._frame_io import read_jsonl, write_results
 from ._jsonl import iter_rows
@@ -40,6 +47,7 @@ __all__ = [
     "RunControl",
     "RunStats",
     "StoreError",
+    "WorkerError",
     "__version__",
     "acomplete",
     "complete",

@@ -33,7 +33,7 @@ _KINDS = {"connect": "connection_error", "protocol": "connection_error",
 class Job:
     """A row on its way: its request, attempts so far, where it last failed."""
 
-    __slots__ = ("attempts", "deadline", "index", "last_endpoint", "payload", "prepared",
+    __slots__ = ("attempts", "back", "deadline", "index", "last_endpoint", "payload", "prepared",
                  "retry_state", "timed_out")
 
     def __init__(self, index: int, payload: Any, prepared: Prepared) -> None:
@@ -42,6 +42,7 @@ class Job:
         self.prepared = prepared
         self.attempts = 0
         self.last_endpoint = -1
+        self.back = False  # the retry waited that endpoint's Retry-After: go back to it
         self.timed_out = False
         self.deadline = 0.0
         self.retry_state: Any = None  # tenacity's RetryCallState, from the first failure
@@ -69,6 +70,7 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
     try:
         answer = parse_response(api, data)
     except AttemptError as exc:
+        exc.body = excerpt(data, secrets, 200)
         return exc
     if secrets.keys and secrets.leaks(data):
         answer.text = secrets.redact_answer(answer.text)
@@ -78,12 +80,22 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
 def http_error(status: int, headers: Mapping[str, str], data: bytes,
                secrets: Secrets) -> AttemptError:
     """The attempt error for a non-2xx answer, with a redacted excerpt of its body."""
-    excerpt = secrets.redact(data[:_BODY_EXCERPT].decode("utf-8", "replace"))
     return AttemptError(
         "http_error", f"HTTP {status}", status=status, retryable=is_retryable_status(status),
         retry_after=parse_retry_after(headers) if status in (429, 503) else None,
-        body=excerpt,
+        body=excerpt(data, secrets, _BODY_EXCERPT),
     )
+
+
+def excerpt(data: bytes, secrets: Secrets, size: int) -> str:
+    """The first ``size`` characters of a body, redacted *before* it is cut (a key that
+    straddles the cut must not leave its first half behind).
+
+    >>> excerpt(b"x" * 8 + b"sk-secret-key", Secrets(["sk-secret-key"]), 10)
+    'xxxxxxxx**'
+    """
+    window = size + max((len(k) for k in secrets.keys), default=0) + 64
+    return secrets.redact(data[:window].decode("utf-8", "replace"))[:size]
 
 
 class Attempts:
@@ -143,8 +155,9 @@ class Attempts:
         now = asyncio.get_running_loop().time()
         if job.retry_state is None:
             job.retry_state = self.policy.new_state()
-        decision = self.policy.decide(job.retry_state, error,
-                                      elsewhere=self.pool.elsewhere(target, now))
+        elsewhere = self.pool.elsewhere(target, now)
+        decision = self.policy.decide(job.retry_state, error, elsewhere=elsewhere,
+                                      alternative=self.pool.alternative(target, now))
         health = target.health
         health.on_failure(now, error.kind, error.status, retry_after=decision.retry_after,
                           out_for=decision.out_for, sent_at=sent_at)
@@ -156,6 +169,7 @@ class Attempts:
             return
         self.stats.retries += 1
         job.last_endpoint = target.index
+        job.back = decision.retry_after is not None and not elsewhere
         self.dispatcher.retry(job, decision.wait)
 
     def _final_error(self, job: Job, target: Target, error: AttemptError, latency: float,

@@ -83,6 +83,7 @@ class Dispatcher:
         self.pacer = Pacer(config.rps) if config.rps else None
         self.retries = RetryQueue(self.wake)
         self.in_flight = 0
+        self.holding: Job | None = None  # taken from the rows or retries, not yet sent
         self.stopping = False
         self._wake_fut: asyncio.Future[None] | None = None
 
@@ -108,6 +109,13 @@ class Dispatcher:
             self.stopping = True
             self.stats.unfinished += self.retries.drop()
             self.wake()
+
+    def abandon(self) -> int:
+        """The run is being cancelled: forget every row not finished (waiting, held);
+        returns how many (in-flight attempts are the caller's to count)."""
+        count = self.retries.drop() + (self.holding is not None)
+        self.holding = None
+        return count
 
     def retry(self, job: Job, wait: float) -> None:
         if self.stopping:
@@ -155,16 +163,19 @@ class Dispatcher:
                 continue
             if job is None:
                 continue
+            self.holding = job
             while self.in_flight >= concurrency and not self.stopping:
                 await self._sleep()
             if self.pacer is not None:
                 await self.pacer.acquire()
-            target = None if self.stopping else self.pool.pick(job.last_endpoint, loop.time())
+            target = None if self.stopping else self.pool.pick(job.last_endpoint, loop.time(),
+                                                               job.back)
             if target is None and not self.stopping:
                 target = await self._wait_for_target(job, loop)
             if target is None:
                 if self.stopping:  # read (or due) but never sent: a resumed run sends it
                     self.stats.unfinished += 1
+                self.holding = None
                 continue
             if target.limiter is not None:
                 await target.limiter.acquire()  # never waits: pick checked has_capacity
@@ -173,6 +184,7 @@ class Dispatcher:
             target.in_flight += 1
             job.deadline = loop.time() + target.timeout
             self.launch(job, target)
+            self.holding = None
         while self.in_flight:  # stopping: let what is in flight finish (the caller bounds it)
             await self._sleep()
 
@@ -191,7 +203,7 @@ class Dispatcher:
             await self._sleep(pool.idle_wait(now))
             if self.stopping:
                 return None
-            target = pool.pick(job.last_endpoint, loop.time())
+            target = pool.pick(job.last_endpoint, loop.time(), job.back)
             if target is not None:
                 return target
 

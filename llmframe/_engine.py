@@ -147,6 +147,10 @@ class _Run:
                 self._consumer_wake = None
 
     async def _close(self, *helpers: asyncio.Task[None]) -> None:
+        # cancelled (a grace period ran out, or the consumer left): rows in flight, waiting
+        # or held get no result; count them, so "not finished" is every row without one
+        cut = sum(not t.done() for t in self.attempts.tasks)
+        self.stats.unfinished += cut + self.dispatcher.abandon()
         tasks = (*helpers, *self.attempts.tasks)
         for task in tasks:
             task.cancel()

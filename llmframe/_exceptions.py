@@ -5,8 +5,9 @@ The tree::
     LLMFrameError
     ├── ConfigError      bad endpoints/options; raised before any request is sent
     ├── InputFileError   the requests file cannot be opened or read
-    └── StoreError       a result could not be stored (disk full, ...): the run stopped;
-                         what was stored before stays stored
+    ├── StoreError       a result could not be stored (disk full, ...): the run stopped;
+    │                    what was stored before stays stored
+    └── WorkerError      a --workers process died: its finished rows are saved
 
     Interrupted (KeyboardInterrupt)   a run stopped by Ctrl-C / a kernel interrupt
 
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError", "StoreError"]
+__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError", "StoreError",
+           "WorkerError"]
 
 
 class LLMFrameError(Exception):
@@ -34,6 +36,10 @@ class InputFileError(LLMFrameError, OSError):
 
 class StoreError(LLMFrameError):
     """A result could not be stored; the run stopped. ``__cause__`` is the original error."""
+
+
+class WorkerError(LLMFrameError):
+    """A worker process of a ``--workers`` run died before finishing its rows."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -15,7 +15,10 @@ tested with made-up times:
   per second or typical latency, counting only requests sent after the last decrease; it
   grows back by ~1 per window of successes), and when at least 3/4 are refused the
   endpoint is **paused** for the Retry-After asked (1 s without one). A 429 from a
-  request sent before a pause began never extends it.
+  request sent before a pause began never extends it. The window steers load to
+  endpoints with room; when none has room under its window, the full one is used: a
+  smaller window never lowers the run's total (each refused row already waits its
+  Retry-After, and with rate-based limits a smaller window only slows the run).
 - **Out.** A Retry-After past ``max_retry_after`` (a spent daily quota says 86400) puts
   the endpoint out of the run for that long.
 
@@ -83,17 +86,37 @@ class Health:
         self.throttled = 0
         self.pauses = 0
 
-    def allowed(self, now: float, fallback: bool = False) -> int:
-        """Requests this endpoint may have in flight now. ``fallback``: no endpoint is
-        free of cooldown and pause, so ignore both (never an endpoint that is out)."""
+    def allowed(self, now: float, level: int = 0) -> int:
+        """Requests this endpoint may have in flight now. ``level`` 1: no endpoint has room
+        under its AIMD window, so use the full one; 2: every endpoint is cooling down or
+        paused, so ignore pauses; 3: every endpoint is cooling down, so ignore that too.
+        An endpoint that is out is never used."""
         if now < self.out_until:
             return 0
-        if not fallback:
-            if now < self.paused_until or now < self.cooldown_until:
+        if level < 3:
+            if now < self.cooldown_until:
                 return 0
             if self.probing:
                 return 1
+        if level < 2 and now < self.paused_until:
+            return 0
+        if level:
+            return int(self._max_window)
         return int(self.window) if self.window >= 1 else 1
+
+    def cooling(self, now: float) -> bool:
+        """In cooldown or waiting for its probe to succeed (broken, as far as we know)."""
+        return self.probing or now < self.cooldown_until
+
+    def working(self, now: float) -> bool:
+        """Not out, cooling or paused, and no failure streak (where a retry may go)."""
+        return not self.held(now) and not self.out(now) and self.failures == 0
+
+    def healthy(self, now: float) -> bool:
+        """Working, and answering: most of its recent answers (at least one) are not
+        refusals. Where a refused row may go after its backoff instead of waiting its
+        Retry-After."""
+        return self.working(now) and 2 * self._refused < len(self._recent)
 
     def held(self, now: float) -> bool:
         """Cooling down, waiting for its probe, or paused (but not out)."""

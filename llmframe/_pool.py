@@ -4,9 +4,10 @@ count, stats) and the choice of where the next request goes.
 Choice = smooth weighted round-robin over the endpoints that can take a request now: below
 their in-flight window (``_health``), with a token of their own ``rps`` (aiolimiter's
 ``has_capacity``, then ``acquire`` once chosen, which then never waits). A retry prefers an
-endpoint other than the one that just failed. Endpoints that are cooling down or paused
-are skipped while another can serve; when none can, they are used anyway (the rows' own
-retry policy decides). An endpoint that is *out* (told to wait past ``max_retry_after``)
+endpoint other than the one that just failed. AIMD windows steer: when every endpoint is
+at its window, the full windows are used. Endpoints that are cooling down or paused are
+skipped while another can serve; when none can, they are used anyway (the rows' own retry
+policy decides). An endpoint that is *out* (told to wait past ``max_retry_after``)
 is never used; when every endpoint is out, :meth:`EndpointPool.out_reason` says why.
 """
 
@@ -56,8 +57,8 @@ class Target:
         self.stats = EndpointStats(self.name, endpoint.weight)
         self.transport: Transport
 
-    def eligible(self, now: float, fallback: bool = False) -> bool:
-        if self.in_flight >= self.health.allowed(now, fallback):
+    def eligible(self, now: float, level: int = 0) -> bool:
+        if self.in_flight >= self.health.allowed(now, level):
             return False
         return self.limiter is None or self.limiter.has_capacity()
 
@@ -77,18 +78,27 @@ class EndpointPool:
     def keys(self) -> list[str]:
         return [t.key for t in self.targets if t.key]
 
-    def pick(self, last: int, now: float) -> Target | None:
-        """Where a request goes now (``last``: the endpoint that failed it, or -1), or None
-        when no endpoint can take one yet."""
+    def pick(self, last: int, now: float, back: bool = False) -> Target | None:
+        """Where a request goes now, or None when no endpoint can take one yet. ``last``:
+        the endpoint that failed it (-1: none); ``back``: it waited the Retry-After that
+        endpoint asked for, so it goes back there (else: to another, if one works)."""
         targets = self.targets
-        if last >= 0 and len(targets) > 1:
-            i = self.balancer.pick(lambda i: i != last and targets[i].eligible(now))
+        if back and last >= 0 and targets[last].eligible(now, 2):  # its pause is the same
+            return targets[last]                                # signal this row waited
+        if last >= 0 and len(targets) > 1 and not back:
+            i = self.balancer.pick(lambda i: i != last and targets[i].health.working(now)
+                                   and targets[i].eligible(now))
             if i is not None:
                 return targets[i]
         i = self.balancer.pick(lambda i: targets[i].eligible(now))
+        if i is None:  # every AIMD window is full: windows steer, they never cap the run
+            i = self.balancer.pick(lambda i: targets[i].eligible(now, 1))
         if i is None and all(t.health.held(now) or t.health.out(now) for t in targets):
-            # none is healthy: use them anyway, the rows' retry policy decides
-            i = self.balancer.pick(lambda i: targets[i].eligible(now, fallback=True))
+            # none is free of pause and cooldown: a paused one (answering, but refusing)
+            # before a cooling one (broken); the rows' own retry policy decides
+            i = self.balancer.pick(lambda i: targets[i].eligible(now, 2))
+            if i is None and all(t.health.cooling(now) or t.health.out(now) for t in targets):
+                i = self.balancer.pick(lambda i: targets[i].eligible(now, 3))
         return None if i is None else targets[i]
 
     def idle_wait(self, now: float) -> float:
@@ -99,7 +109,12 @@ class EndpointPool:
         return max(0.002, min(soonest - now, 1.0)) if soonest else 0.002
 
     def elsewhere(self, target: Target, now: float) -> bool:
-        """Another endpoint, not out, could take the row."""
+        """Another endpoint is healthy now (not out, cooling, paused, failing or mostly
+        refusing): a retry may go there after the backoff instead of the Retry-After."""
+        return any(t is not target and t.health.healthy(now) for t in self.targets)
+
+    def alternative(self, target: Target, now: float) -> bool:
+        """Another endpoint is not out (a row told to wait past the cap may go there)."""
         return any(t is not target and not t.health.out(now) for t in self.targets)
 
     def out_reason(self, now: float) -> str | None:

@@ -187,13 +187,16 @@ class RetryPolicy:
         return RetryCallState(self._retrying, fn=None, args=(), kwargs={})
 
     def decide(self, state: RetryCallState, error: AttemptError, *,
-               elsewhere: bool = False) -> Decision:
+               elsewhere: bool = False, alternative: bool | None = None) -> Decision:
         """Record ``error`` as the outcome of the row's current attempt and decide.
 
-        ``elsewhere``: another endpoint could take the row now. A retry that can go
-        elsewhere waits the ordinary backoff, not the Retry-After of the endpoint that
-        refused it (that endpoint's own health keeps traffic away from it).
+        ``elsewhere``: another endpoint is healthy now; a retry that can go there waits the
+        ordinary backoff, not the Retry-After of the endpoint that refused it.
+        ``alternative``: another endpoint is not out (default: ``elsewhere``); without one,
+        a Retry-After past the cap ends the row at once.
         """
+        if alternative is None:
+            alternative = elsewhere
         state.set_exception((type(error), error, None))
         after = error.retry_after
         out_for = after if after is not None and after > self.max_retry_after else None
@@ -201,7 +204,7 @@ class RetryPolicy:
             wait = float(self._retrying.iter(state))  # DoSleep, or raises: give up
         except AttemptError:
             return Decision(None, out_for=out_for)
-        if out_for is not None and not elsewhere:
+        if out_for is not None and not alternative:
             return Decision(None, out_for=out_for,
                             reason=over_limit(out_for, self.max_retry_after))
         within = after if out_for is None else None

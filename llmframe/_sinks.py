@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +111,12 @@ class FileSink:
     def __enter__(self) -> FileSink:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(OSError):  # already failing (StoreError): raise the cause
+            self.close()
 
 
 def clean_lines(path: Path, accept: Callable[[Any], bool], *, skip_first: bool = False) -> int:

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._config import RunConfig
+from ._exceptions import StoreError, WorkerError
 from ._files import FileRun, progress_total, run_file_async
 from ._results import EndpointStats, RunStats
 from ._runner import new_event_loop
@@ -59,10 +60,10 @@ class _Shard:
         return index % self.n == self.shard and (self.inner is None or self.inner(index))
 
 
-def _snapshot(stats: RunStats, final: bool) -> dict[str, Any]:
+def _snapshot(stats: RunStats, final: bool, failure: str | None = None) -> dict[str, Any]:
     return {
         "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
-        "in_flight": stats.in_flight, "final": final,
+        "in_flight": stats.in_flight, "final": final, "failure": failure,
         "unfinished": stats.unfinished,
         "endpoints": [(e.sent, e.ok, e.failed_attempts, e.cooldowns, e.throttled,
                        e.latencies if final else None) for e in stats.endpoints],
@@ -112,12 +113,15 @@ def _worker(run: FileRun, shard: int, n: int, conn: Connection, grace: float) ->
         finally:
             reporter.cancel()
 
+    failure: str | None = None
     try:
         with contextlib.suppress(asyncio.CancelledError):
             loop.run_until_complete(go())
+    except Exception as exc:  # e.g. StoreError: the parent reports it and fails the run
+        failure = f"{type(exc).__name__}: {exc}"
     finally:
         with contextlib.suppress(OSError):
-            conn.send(_snapshot(run.stats, final=True))
+            conn.send(_snapshot(run.stats, final=True, failure=failure))
         conn.close()
         loop.close()
 
@@ -135,11 +139,8 @@ def _die_with_parent(signum: int) -> None:
         pass
 
 
-def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
-    """Run ``run`` over ``workers`` processes; returns the combined stats.
-
-    Raises KeyboardInterrupt after the workers have stopped and flushed, if interrupted.
-    """
+def _start(run: FileRun, workers: int, grace: float) -> tuple[list[Any], list[Connection]]:
+    """Start the worker processes, each with the read end of a pipe for its reports."""
     ctx = mp.get_context("spawn")
     # truncate (or keep, when appending) once, before any worker appends
     for path in (run.save, run.errors):
@@ -157,7 +158,15 @@ def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
         child_end.close()
         procs.append(proc)
         conns.append(parent_end)
+    return procs, conns
 
+
+def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
+    """Run ``run`` over ``workers`` processes; returns the combined stats.
+
+    Raises KeyboardInterrupt after the workers have stopped and flushed, if interrupted.
+    """
+    procs, conns = _start(run, workers, grace)
     stats = run.stats
     stats.started = time.monotonic()
     snaps: dict[int, dict[str, Any]] = {}
@@ -199,7 +208,21 @@ def run_sharded(run: FileRun, workers: int, *, grace: float = 5.0) -> RunStats:
     _combine(stats, snaps, run.config)
     if interrupted:
         raise KeyboardInterrupt
+    _check_workers(procs, snaps)
     return stats
+
+
+def _check_workers(procs: list[Any], snaps: dict[int, dict[str, Any]]) -> None:
+    """A worker that failed or died means rows may be missing: never a normal end."""
+    for k, proc in enumerate(procs):
+        snap = snaps.get(k, {})
+        if snap.get("failure"):
+            msg = f"worker {k} stopped: {snap['failure']}"
+            raise StoreError(msg)
+        if proc.exitcode != 0 or not snap.get("final"):
+            msg = (f"worker {k} died (exit code {proc.exitcode}) before finishing its rows; "
+                   "the rows it finished are saved: rerun with --resume to send the rest")
+            raise WorkerError(msg)
 
 
 def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfig) -> None:

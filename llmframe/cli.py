@@ -18,7 +18,7 @@ import orjson
 
 from . import __version__
 from ._config import Endpoint, coerce_endpoints, parse_endpoint_spec
-from ._exceptions import ConfigError, InputFileError, Interrupted, StoreError
+from ._exceptions import ConfigError, InputFileError, Interrupted, StoreError, WorkerError
 from ._files import default_paths, run_file
 from ._summary import format_summary
 
@@ -211,7 +211,7 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
         interrupted, stats = True, exc.partial
     except (ConfigError, InputFileError) as exc:
         raise UsageProblem(str(exc)) from None
-    except StoreError as exc:
+    except (StoreError, WorkerError) as exc:
         click.echo(f"llmframe: error: {exc}; the results stored before are kept: fix the "
                    "cause and rerun with --resume", err=True)
         return EXIT_ROW_ERRORS

@@ -10,6 +10,7 @@ or its fields as keywords (``rps=``, ``concurrency=``, ``max_attempts=``, ``time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,12 +121,16 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
         async for batch in stream_results(rows, config, stats, on_result=out.put,
                                           sink=checkpoint):
             bar.update(len(batch))
-    finally:
-        try:
-            if checkpoint is not None:
+    except BaseException:
+        if checkpoint is not None:  # already failing: keep what can be kept, raise the cause
+            with contextlib.suppress(OSError):
                 checkpoint.close()
-        finally:
-            bar.close()
+        raise
+    else:
+        if checkpoint is not None:
+            checkpoint.close()
+    finally:
+        bar.close()
 
 
 def _frame_out(df: pl.DataFrame, out: _Collected, *, output: str, error: str,

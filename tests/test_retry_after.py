@@ -137,3 +137,48 @@ def test_rows_of_an_endpoint_out_for_the_day_go_to_the_others(mock_server):
     _results, stats = run_rows([f"q{i}" for i in range(200)], [out.url, ok.url], rps=500)
     assert stats.ok == 200 and stats.errors == 0
     assert out.counts["requests"] == 1  # out of the run after its answer
+
+
+def test_aimd_windows_steer_but_never_cap_a_lone_endpoint():
+    """Outside finding: a lone endpoint refusing half its requests had its window cut to
+    1-3 in flight, 4-10x slower than a client that simply waits Retry-After."""
+    import asyncio
+
+    async def main():
+        pool = EndpointPool(RunConfig(["http://127.0.0.1:9/v1"], concurrency=64))
+        (t,) = pool.targets
+        for k in range(40):  # half refused, over many seconds: the window collapses
+            t.health.on_failure(float(k), "http_error", 429, retry_after=1.0, sent_at=k)
+            t.health.on_success(float(k), 0.2)
+        assert t.health.window < 8
+        t.in_flight = 60
+        picked = pool.pick(-1, 100.0)
+        await pool.close()
+        return picked is t
+
+    assert asyncio.run(main())
+
+
+@pytest.mark.timeout(90)
+def test_half_refused_at_latency_keeps_the_run_going(mock_server):
+    srv = mock_server(faults={"429": 0.5}, retry_after=0.2, latency=0.1, seed=5)
+    srv.state.record_arrivals = True
+    _, stats = run_rows([f"q{i}" for i in range(600)], [srv.url], rps=500, concurrency=64,
+                        max_attempts=20)
+    assert stats.ok == 600
+    arrivals = sorted(srv.state.arrivals)
+    # ~1,200 attempts at <= 500/s plus the waits: a per-request client needs ~3 s; a
+    # collapsed window (1-3 in flight at 0.1 s) would need minutes
+    assert arrivals[-1] - arrivals[0] < 2 * (srv.counts["requests"] / 500 + 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_row_waits_its_retry_after_when_no_other_endpoint_is_healthy(mock_server):
+    """Outside finding: with a dead second endpoint, rows skipped their Retry-After, burnt
+    their attempts on backoffs and ended as errors."""
+    a = mock_server(first_fault="429", retry_after=1.5)
+    dead = mock_server()
+    dead_url = dead.url
+    dead.stop()
+    _, stats = run_rows([f"q{i}" for i in range(50)], [a.url, dead_url])
+    assert stats.ok == 50 and stats.errors == 0

@@ -253,3 +253,20 @@ def test_a_key_pasted_as_the_variable_name_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         Endpoint("http://127.0.0.1:1/v1", api_key_env=key)
     assert key not in str(info.value) and "NAME of an environment variable" in str(info.value)
+
+
+def test_a_key_straddling_the_excerpt_cut_leaves_no_part_behind(monkeypatch):
+    """Outside finding: the body excerpt was cut, then redacted: the first half of a key at
+    the cut survived."""
+    from llmframe.testing import MockTransport
+
+    key = "sk-proj-" + "A1b2C3d4" * 8
+    monkeypatch.setenv("LLMF_CUT_KEY", key)
+    for status, offset in ((500, 290), (200, 190)):
+        body = b"x" * offset + key.encode()
+        results, _ = run_rows(["a"], [{"url": "http://llm.invalid/v1",
+                                       "api_key_env": "LLMF_CUT_KEY"}], max_attempts=1,
+                              transport=lambda url, headers, b=body, s=status: MockTransport(
+                                  lambda _: (s, {}, b)))
+        error = results[0].error
+        assert error and key[:12] not in error and key[-12:] not in error, error
