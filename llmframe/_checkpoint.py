@@ -18,6 +18,7 @@ import orjson
 import polars as pl
 
 from ._exceptions import ConfigError
+from ._json import dumps
 from ._results import Result
 from ._sinks import JsonlWriter, clean_lines
 
@@ -108,7 +109,7 @@ def record_of(r: Result) -> dict[str, Any]:
     """A result as a checkpoint line (and as the polars columns read it back)."""
     response = r.response
     if response is not None and not isinstance(response, str):
-        response = orjson.dumps(response).decode()
+        response = dumps(response).decode()
     return {
         "index": r.index, "response": response if r.error is None else None,
         "error": r.error, "attempts": r.attempts, "endpoint": r.endpoint,

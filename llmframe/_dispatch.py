@@ -73,13 +73,15 @@ class Dispatcher:
 
     def __init__(self, rows: Iterable[Row], config: RunConfig, pool: EndpointPool,
                  stats: RunStats, launch: Callable[[Job, Target], None],
-                 emit: Callable[[Result], None]) -> None:
+                 emit: Callable[[Result], None],
+                 label: Callable[[int], str] | None = None) -> None:
         self.rows: Iterator[Row] = iter(rows)
         self.config = config
         self.pool = pool
         self.stats = stats
         self.launch = launch
         self.emit = emit
+        self.label = label  # names a row in its error: "requests.jsonl line 8"
         self.pacer = Pacer(config.rps) if config.rps else None
         self.retries = RetryQueue(self.wake)
         self.in_flight = 0
@@ -132,7 +134,7 @@ class Dispatcher:
                 prepared = prepare(payload, config.api, system=config.system,
                                    params=config.params)
             except RowError as exc:
-                reason = str(exc)
+                reason = f"{self.label(index)}: {exc}" if self.label else str(exc)
             else:
                 return Job(index, payload, prepared)
         self.emit(Result(index, payload, error=reason, error_type="invalid_input"))

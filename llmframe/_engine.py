@@ -37,8 +37,10 @@ _FLUSH_EVERY = 1.0
 
 class _Run:
     def __init__(self, rows: Iterable[Row], config: RunConfig, stats: RunStats,
-                 sink: Sink | None, on_result: Callable[[Result], None] | None) -> None:
+                 sink: Sink | None, on_result: Callable[[Result], None] | None,
+                 label: Callable[[int], str] | None = None) -> None:
         self.rows = rows
+        self.label = label
         self.config = config
         self.stats = stats
         self.sink = sink
@@ -112,7 +114,7 @@ class _Run:
         self.attempts = Attempts(self.config, self.pool, self.policy, Secrets(self.pool.keys),
                                  self.stats, self.emit)
         self.dispatcher = Dispatcher(self.rows, self.config, self.pool, self.stats,
-                                     self.attempts.launch, self.emit)
+                                     self.attempts.launch, self.emit, self.label)
         self.attempts.dispatcher = self.dispatcher
         if self.control is not None:
             self.control._attach(self.dispatcher)
@@ -195,7 +197,7 @@ class RunControl:
 async def stream_results(
     rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None,
     control: RunControl | None = None, on_result: Callable[[Result], None] | None = None,
-    *, sink: Sink | None = None,
+    *, sink: Sink | None = None, label: Callable[[int], str] | None = None,
 ) -> AsyncIterator[list[Result]]:
     """Send one request per row and yield batches of results as they complete.
 
@@ -206,7 +208,8 @@ async def stream_results(
     ``on_result`` (optional) is called with each result the moment it exists, before it
     is batched; ``sink`` (optional, ``write``/``flush``) stores each result then too and
     is flushed every second. If either raises, the run stops and raises
-    :class:`~llmframe.StoreError`.
+    :class:`~llmframe.StoreError`. ``label(index)`` (optional) names a row in the error of
+    a row that cannot become a request (``"requests.jsonl line 8"``).
 
     >>> from llmframe.testing import MockServer
     >>> async def main(url):
@@ -217,7 +220,8 @@ async def stream_results(
     ...     asyncio.run(main(srv.url))
     echo: hi
     """
-    run = _Run(rows, config, stats if stats is not None else RunStats(), sink, on_result)
+    run = _Run(rows, config, stats if stats is not None else RunStats(), sink, on_result,
+               label)
     run.control = control
     async for batch in run.batches():
         yield batch

@@ -84,11 +84,23 @@ async def run_file_async(run: FileRun) -> RunStats:
                        desc=os.fspath(run.requests.name))
         try:
             async for batch in stream_results(rows, run.config, run.stats, run.control,
-                                              sink=sink):
+                                              sink=sink, label=LineLabel(run.requests.name)):
                 bar.update(len(batch))
         finally:
             bar.close()
     return run.stats
+
+
+class LineLabel:
+    """``label(index)`` -> ``"requests.jsonl line 8"`` (picklable, for ``--workers``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, index: int) -> str:
+        return f"{self.name} line {index + 1}"
 
 
 def _paths(requests: str | os.PathLike[str], save: str | os.PathLike[str] | None,

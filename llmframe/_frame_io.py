@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
 
+from ._json import dumps, loads
 from ._jsonl import NotJson, iter_rows
 from ._protocols import RowError, prepare
 from ._results import Result
@@ -50,12 +51,17 @@ def read_jsonl(path: str | os.PathLike[str], *, api: str = "chat",
             try:
                 prepare(payload, api, system=None, params={})
             except RowError as exc:
-                reason = str(exc)
+                reason = f"{Path(path).name} line {index + 1}: {exc}"
+            else:
+                if not isinstance(payload.get("input"), str):
+                    reason = (f"{Path(path).name} line {index + 1}: a \"messages\" row; "
+                              "df.llm.complete sends the \"input\" text only: send such "
+                              "rows with llmframe run or llmframe.run_file")
         text = payload.get("input") if reason is None and isinstance(payload, dict) else None
         text = text if isinstance(text, str) else None
         rows.append({
             "index": index, "input": text,
-            "request": None if isinstance(payload, NotJson) else orjson.dumps(payload).decode(),
+            "request": None if isinstance(payload, NotJson) else dumps(payload).decode(),
             "read_error": reason,
             "raw_line": str(payload) if isinstance(payload, NotJson) else None,
         })
@@ -68,8 +74,8 @@ def read_jsonl(path: str | os.PathLike[str], *, api: str = "chat",
 
 def _result(row: dict[str, Any]) -> Result:
     request = row.get("request")
-    payload: Any = NotJson(row.get("raw_line") or "") if request is None else orjson.loads(
-        request)
+    payload: Any = NotJson(row.get("raw_line") or "") if request is None else loads(
+        request.encode())
     latency = row.get("latency_ms")
     result = Result(
         row["index"], payload, response=row.get("response"), error=row.get("error"),
@@ -85,14 +91,16 @@ def _result(row: dict[str, Any]) -> Result:
 
 
 def write_results(df: pl.DataFrame, save_path: str | os.PathLike[str],
-                  errors_path: str | os.PathLike[str]) -> tuple[int, int]:
+                  errors_path: str | os.PathLike[str], *, api: str = "chat") -> tuple[int, int]:
     """Write answered rows to ``save_path`` and failed/unreadable rows to ``errors_path``.
 
     ``df`` is a frame from :func:`read_jsonl` after ``llm.complete`` (any frame with
     ``response``/``error`` works: without ``index`` the row number is used, without
     ``request`` the ``input`` column becomes the request). A row counts as answered when it
     has no error and either a response or, with ``metadata=True``, attempts — so an answer
-    whose content was null is written too. Returns ``(saved, errors)`` line counts.
+    whose content was null is written too. With ``api="raw"`` the response (JSON text in
+    the frame) is written as the JSON object it is, as ``llmframe run --api raw`` does.
+    Returns ``(saved, errors)`` line counts.
     """
     if "index" not in df.columns:
         df = df.with_row_index("index")
@@ -103,6 +111,8 @@ def write_results(df: pl.DataFrame, save_path: str | os.PathLike[str],
     with FileSink(save_path, errors_path) as sink:  # type: ignore[arg-type]
         for row in df.iter_rows(named=True):
             result = _result(row)
+            if api == "raw" and isinstance(result.response, str):
+                result.response = loads(result.response.encode())
             if result.error is None and result.response is None and not row.get("attempts"):
                 continue  # not sent (a null prompt)
             sink.write(result)

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from ._exceptions import InputFileError
+from ._json import loads
 from ._results import Result, Row
 
 __all__ = ["NotJson", "error_record", "iter_rows", "success_record"]
@@ -77,7 +78,7 @@ def iter_rows(path: str | os.PathLike[str],
             if not stripped:
                 continue
             try:
-                payload = orjson.loads(stripped)
+                payload = loads(stripped)
             except orjson.JSONDecodeError as exc:
                 reason = _why_not_json(stripped, exc)
                 text = NotJson(stripped.decode("utf-8", "replace"))

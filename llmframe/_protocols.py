@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ._json import dumps, loads
 from ._retry import AttemptError
 
 __all__ = ["Answer", "Prepared", "parse_response", "prepare"]
@@ -77,7 +78,7 @@ def encode(prepared: Prepared, model: str | None) -> bytes:
     body = prepared.body
     if model is not None and not prepared.has_model:
         body = {"model": model, **body}
-    return orjson.dumps(body)
+    return dumps(body)
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ class Answer:
 def parse_response(api: str, data: bytes) -> Answer:
     """Extract the answer from a 200 response; an unusable body is a retryable AttemptError."""
     try:
-        doc = orjson.loads(data)
+        doc = loads(data) if api == "raw" else orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise AttemptError(
             "invalid_response", f"response is not valid JSON ({exc})", status=200,

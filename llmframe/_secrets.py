@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
+from ._json import dumps, loads
 
 __all__ = ["Secrets", "redact", "redact_url"]
 
@@ -76,4 +76,4 @@ class Secrets:
         """An endpoint echoed a key back in a 200 answer: store it redacted."""
         if isinstance(answer, str):
             return self.redact(answer)
-        return orjson.loads(self.redact(orjson.dumps(answer).decode()))
+        return loads(self.redact(dumps(answer).decode()).encode())

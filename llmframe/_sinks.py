@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ._json import dumps
 from ._jsonl import error_record, success_record
 from ._results import Result
 
@@ -53,7 +54,7 @@ class JsonlWriter:
         self.limit = limit
 
     def write(self, record: dict[str, Any]) -> None:
-        self._buf += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        self._buf += dumps(record, newline=True)
         if len(self._buf) >= self.limit:
             self.flush()
 

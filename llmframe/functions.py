@@ -23,6 +23,7 @@ from ._checkpoint import Checkpoint, record_of
 from ._config import EndpointLike, RunConfig, run_config
 from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
+from ._json import loads
 from ._results import Result, Row, RunStats
 from ._runner import run_sync
 from ._summary import Progress
@@ -88,7 +89,7 @@ def _payload(text: str, api: str) -> tuple[Any, str | None]:
     if api != "raw":
         return {"input": text}, None
     try:  # raw: the value is the request body itself
-        body = orjson.loads(text)
+        body = loads(text.encode())
     except orjson.JSONDecodeError as exc:
         return {"input": text}, f"api='raw' needs a JSON object per row: {exc}"
     return body, None
@@ -106,6 +107,10 @@ def _rows(series: pl.Series, chunk_size: int, api: str,
                 yield (index, *_payload(text, api))
 
 
+def _row_label(index: int) -> str:
+    return f"row {index}"
+
+
 async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, progress: bool,
                       out: _Collected, checkpoint: Checkpoint | None = None) -> None:
     stats = RunStats()
@@ -119,7 +124,7 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
     try:
         rows = _rows(series, chunk_size, config.api, done)
         async for batch in stream_results(rows, config, stats, on_result=out.put,
-                                          sink=checkpoint):
+                                          sink=checkpoint, label=_row_label):
             bar.update(len(batch))
     except BaseException:
         if checkpoint is not None:  # already failing: keep what can be kept, raise the cause

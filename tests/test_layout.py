@@ -137,3 +137,53 @@ def test_result_payload_is_kept_verbatim_in_records():
     r = Result(7, dict(COLLIDING), response="x", attempts=1)
     assert success_record(r)["request"] == COLLIDING and success_record(r)["index"] == 7
     assert error_record(Result(7, dict(COLLIDING), error="e"))["index"] == 7
+
+
+def test_integers_past_64_bits_come_back_unchanged(tmp_path, mock_server):
+    srv = mock_server()
+    req = tmp_path / "r.jsonl"
+    line = '{"input": "q", "id": 123456789012345678901234567890, "n": -98765432109876543210}'
+    req.write_text(line + "\n")
+    proc = subprocess.run([sys.executable, "-m", "llmframe", "run", req, "-e", srv.url],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    saved = (tmp_path / "r.save.jsonl").read_text()
+    assert "123456789012345678901234567890" in saved and "-98765432109876543210" in saved
+    assert json.loads(saved)["request"] == json.loads(line)
+
+
+def test_bad_rows_name_the_file_and_line_and_messages_rows_are_not_dropped(tmp_path,
+                                                                         mock_server):
+    srv = mock_server()
+    req = tmp_path / "r.jsonl"
+    req.write_text(json.dumps({"input": 5}) + "\n" + json.dumps({"id": 1}) + "\n"
+                   + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    subprocess.run([sys.executable, "-m", "llmframe", "run", req, "-e", srv.url],
+                          capture_output=True, text=True, timeout=60)
+    errors = {e["index"]: e["error"] for e in lines(tmp_path / "r.errors.jsonl")}
+    assert errors[0].startswith("r.jsonl line 1: ") and errors[1].startswith("r.jsonl line 2: ")
+    assert lines(tmp_path / "r.save.jsonl")[0]["index"] == 2  # the CLI answers messages rows
+    with pytest.warns(UserWarning, match="3 line"):
+        df = llmframe.read_jsonl(req)
+    assert "messages" in df["read_error"][2]  # the frame path says so, never drops it
+    out = df.llm.complete("input", endpoints=[srv.url], metadata=True, progress=False)
+    assert llmframe.write_results(out, tmp_path / "s.jsonl", tmp_path / "e.jsonl") == (0, 3)
+
+
+def test_raw_mode_round_trip_writes_the_response_object(tmp_path, mock_server):
+    srv = mock_server()
+    req = tmp_path / "r.jsonl"
+    req.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "llmframe", "run", req, "-e", srv.url,
+                           "--api", "raw"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cli = lines(tmp_path / "r.save.jsonl")[0]
+    df = llmframe.read_jsonl(req, api="raw")
+    out = df.llm.complete("request", endpoints=[srv.url], api="raw", metadata=True,
+                          progress=False)
+    llmframe.write_results(out, tmp_path / "s.jsonl", tmp_path / "e.jsonl", api="raw")
+    py = lines(tmp_path / "s.jsonl")[0]
+    assert isinstance(py["response"], dict)
+    drop = ("latency_ms",)
+    assert {k: v for k, v in py.items() if k not in drop} == {
+        k: v for k, v in cli.items() if k not in drop}
