@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from ._attempt import Attempts
 from ._config import RunConfig
 from ._dispatch import Dispatcher
 from ._exceptions import StoreError
-from ._gc import COLLECT_EVERY, gc_paused
+from ._gc import Collector, gc_paused
 from ._pool import EndpointPool
 from ._results import Result, Row, RunStats
 from ._retry import RetryPolicy
@@ -89,14 +88,12 @@ class _Run:
         every 30 s: collect garbage (the collector is paused during the run, see _gc)."""
         loop = asyncio.get_running_loop()
         period = min(0.1, max(0.005, min(t.timeout for t in self.pool.targets) / 20))
-        next_gc = loop.time() + COLLECT_EVERY
+        collector = Collector(loop.time())
         next_flush = loop.time() + _FLUSH_EVERY
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            if now >= next_gc:
-                gc.collect()
-                next_gc = now + COLLECT_EVERY
+            collector.tick(now)
             if self.sink is not None and now >= next_flush:
                 next_flush = now + _FLUSH_EVERY
                 try:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["COLLECT_EVERY", "gc_paused"]
+__all__ = ["COLLECT_EVERY", "Collector", "gc_paused"]
 
 COLLECT_EVERY = 30.0
 _lock = threading.Lock()
@@ -42,3 +42,25 @@ def gc_paused() -> Iterator[None]:
                 gc.unfreeze()
                 if _was_enabled:
                     gc.enable()
+
+
+class Collector:
+    """The full collections of a paused run: ``tick(now)`` collects when one is due.
+
+    >>> c = Collector(0.0, every=30.0)
+    >>> c.tick(10.0), c.tick(30.0), c.tick(31.0)
+    (False, True, False)
+    """
+
+    __slots__ = ("every", "next")
+
+    def __init__(self, now: float, every: float = COLLECT_EVERY) -> None:
+        self.every = every
+        self.next = now + every
+
+    def tick(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        gc.collect()
+        self.next = now + self.every
+        return True

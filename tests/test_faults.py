@@ -84,7 +84,6 @@ def test_all_endpoints_down_for_seconds_then_back(mock_server):
     t = threading.Thread(target=outage)
     t.start()
     n = 600
-    started = time.monotonic()
     try:
         results, _ = run_rows([f"q{i}" for i in range(n)], [a.url, b.url], rps=200,
                               max_attempts=5)  # default backoff: 0.5, 1, 2, 4 s
@@ -93,4 +92,5 @@ def test_all_endpoints_down_for_seconds_then_back(mock_server):
     _all_accounted(results, n)
     assert all(r.error is None for r in results.values()), Counter(
         r.error_type for r in results.values())
-    assert time.monotonic() - started >= 3.0  # it waited the outage out
+    # rows sent during the outage failed, were retried, and were answered once it ended
+    assert sum(r.attempts > 1 for r in results.values()) > 0
