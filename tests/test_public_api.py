@@ -13,8 +13,8 @@ def test_all_is_exactly_the_public_names():
     assert set(llmframe.__all__) - {"__version__"} == public - modules
 
 
-MODULES = ["llmframe"] + [f"llmframe.{m.name}" for m in pkgutil.iter_modules(llmframe.__path__)
-                          if m.name not in ("__main__",)] + ["llmframe.testing._server"]
+MODULES = ["llmframe"] + [m.name for m in pkgutil.walk_packages(llmframe.__path__, "llmframe.")
+                          if not m.name.endswith("__main__")]
 
 
 @pytest.mark.parametrize("name", MODULES)
