@@ -104,14 +104,18 @@ class EndpointPool:
     def idle_wait(self, now: float) -> float:
         """How long to wait when no endpoint can take a request: until the first cooldown
         or pause ends (a completion wakes the dispatcher sooner), or a few ms for rate."""
-        ends = [t.health.available_at() for t in self.targets if not t.health.out(now)]
-        soonest = min((e for e in ends if e > now), default=0.0)
-        return max(0.002, min(soonest - now, 1.0)) if soonest else 0.002
+        live = [t for t in self.targets if not t.health.out(now)]
+        soonest = min((e for t in live if (e := t.health.available_at()) > now), default=0.0)
+        # an endpoint waiting for its own rate limiter has a token again within 1/rps
+        refill = min((1.0 / t.endpoint.rps for t in live if t.endpoint.rps), default=1.0)
+        return max(0.002, min(soonest - now, 1.0, refill)) if soonest else 0.002
 
     def elsewhere(self, target: Target, now: float) -> bool:
         """Another endpoint is healthy now (not out, cooling, paused, failing or mostly
-        refusing): a retry may go there after the backoff instead of the Retry-After."""
-        return any(t is not target and t.health.healthy(now) for t in self.targets)
+        refusing) and has room: a retry may go there after the backoff instead of the
+        Retry-After."""
+        return any(t is not target and t.health.healthy(now)
+                   and t.in_flight < t.health.allowed(now) for t in self.targets)
 
     def alternative(self, target: Target, now: float) -> bool:
         """Another endpoint is not out (a row told to wait past the cap may go there)."""

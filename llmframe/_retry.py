@@ -111,7 +111,9 @@ class Decision:
 
 
 class wait_retry_after(wait_base):
-    """Wait what the server asked (0 <= x <= ``limit``), otherwise ``fallback``."""
+    """Wait what the server asked (0 < x <= ``limit``), otherwise ``fallback``. A
+    Retry-After of 0 (or a date already past) counts as absent, as in openai-python: a
+    server that keeps saying "now" must not burn a row's attempts in a few milliseconds."""
 
     def __init__(self, fallback: wait_base, limit: float) -> None:
         self.fallback = fallback
@@ -120,7 +122,7 @@ class wait_retry_after(wait_base):
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         after = getattr(exc, "retry_after", None)
-        if after is not None and after <= self.limit:
+        if after is not None and 0 < after <= self.limit:
             return float(after)
         return self.fallback(retry_state)
 

@@ -50,11 +50,12 @@ def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
 def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, str] | None = None,
                    interrupted: bool = False) -> str:
     """A few lines a person reads at the end of a run."""
-    elapsed = max(stats.finished - stats.started, 1e-9) if stats.finished else 0.0
-    rate = stats.done / elapsed if elapsed else 0.0
+    elapsed = stats.seconds
+    # the loop clock has millisecond resolution: no rate for a run that sent nothing
+    rate = f"{stats.done / elapsed:,.0f} rows/s" if elapsed >= 0.05 else "- rows/s"
     head = "interrupted after" if interrupted else "done:"
     out = [
-        f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s): "
+        f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate}): "
         f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries"
         + (f", {stats.unfinished:,} not finished" if stats.unfinished else "")
     ]

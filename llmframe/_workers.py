@@ -220,8 +220,7 @@ def _check_workers(procs: list[Any], snaps: dict[int, dict[str, Any]]) -> None:
             msg = f"worker {k} stopped: {snap['failure']}"
             raise StoreError(msg)
         if proc.exitcode != 0 or not snap.get("final"):
-            msg = (f"worker {k} died (exit code {proc.exitcode}) before finishing its rows; "
-                   "the rows it finished are saved: rerun with --resume to send the rest")
+            msg = f"worker {k} died (exit code {proc.exitcode}) before finishing its rows"
             raise WorkerError(msg)
 
 

@@ -20,6 +20,7 @@ from . import __version__
 from ._config import Endpoint, coerce_endpoints, parse_endpoint_spec
 from ._exceptions import ConfigError, InputFileError, Interrupted, StoreError, WorkerError
 from ._files import default_paths, run_file
+from ._json import loads
 from ._summary import format_summary
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -37,7 +38,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
         msg = f"--param expects KEY=VALUE, got {text!r}"
         raise UsageProblem(msg)
     try:
-        parsed = orjson.loads(value)
+        parsed = loads(value.encode())
     except orjson.JSONDecodeError:
         parsed = value
     return key.strip(), parsed

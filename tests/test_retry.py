@@ -78,7 +78,7 @@ def test_gives_up_after_max_attempts_and_on_permanent_errors():
 def test_retry_after_wins_when_within_the_cap():
     policy = RetryPolicy(max_attempts=5, jitter=0, max_retry_after=60)
     assert waits(policy, [err(status=429, retry_after=7)]) == [7.0]
-    assert waits(policy, [err(status=429, retry_after=0)]) == [0.0]
+    assert waits(policy, [err(status=429, retry_after=0)]) == [0.5]  # "now": the backoff
     d = policy.decide(policy.new_state(), err(status=429, retry_after=7))
     assert (d.retry_after, d.out_for) == (7, None)
 

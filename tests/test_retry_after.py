@@ -182,3 +182,32 @@ def test_a_row_waits_its_retry_after_when_no_other_endpoint_is_healthy(mock_serv
     dead.stop()
     _, stats = run_rows([f"q{i}" for i in range(50)], [a.url, dead_url])
     assert stats.ok == 50 and stats.errors == 0
+
+
+@pytest.mark.timeout(90)
+def test_an_endpoints_own_rps_keeps_its_pace_while_another_is_paused(mock_server):
+    """Second outside review: with an endpoint-level rps, the dispatcher slept until a
+    pause ended (up to 1 s) instead of until the limiter refilled: ~1 row/s."""
+    srv = mock_server(first_fault="429", retry_after=1)
+    srv.state.record_arrivals = True
+    _, stats = run_rows([f"q{i}" for i in range(100)], [{"url": srv.url, "rps": 50}])
+    assert stats.ok == 100
+    arrivals = sorted(srv.state.arrivals)
+    assert arrivals[-1] - arrivals[0] < 2 * (srv.counts["requests"] / 50 + 1)
+
+
+def test_a_healthy_endpoint_without_room_is_not_elsewhere():
+    import asyncio
+
+    async def main():
+        pool = EndpointPool(RunConfig([{"url": "http://127.0.0.1:9/v1", "concurrency": 4},
+                                       "http://127.0.0.1:10/v1"]))
+        a, b = pool.targets
+        a.health.on_success(0.0, 0.1)
+        with_room = pool.elsewhere(b, 1.0)
+        a.in_flight = 4
+        full = pool.elsewhere(b, 1.0)
+        await pool.close()
+        return with_room, full
+
+    assert asyncio.run(main()) == (True, False)
