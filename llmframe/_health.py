@@ -22,9 +22,10 @@ tested with made-up times:
 - **Out.** A Retry-After past ``max_retry_after`` (a spent daily quota says 86400) puts
   the endpoint out of the run for that long.
 
-Cooldowns and pauses move traffic to the other endpoints; they never hold rows back when
-there is none: if every endpoint that is not out is cooling or paused, they are used anyway
-and each row's own retry policy decides. So a single endpoint refusing most first attempts
+Pauses and windows move traffic to the other endpoints while those have room, and never
+hold rows back otherwise; cooldowns move traffic to working endpoints, and when every
+endpoint that is not out is cooling, they are used anyway and each row's own retry policy
+decides. So a single endpoint refusing most first attempts
 (each row then waits its Retry-After) runs as fast as a client that simply waits
 Retry-After per request, and a dead single endpoint fails rows promptly.
 """

@@ -4,11 +4,12 @@ count, stats) and the choice of where the next request goes.
 Choice = smooth weighted round-robin over the endpoints that can take a request now: below
 their in-flight window (``_health``), with a token of their own ``rps`` (aiolimiter's
 ``has_capacity``, then ``acquire`` once chosen, which then never waits). A retry prefers an
-endpoint other than the one that just failed. AIMD windows steer: when every endpoint is
-at its window, the full windows are used. Endpoints that are cooling down or paused are
-skipped while another can serve; when none can, they are used anyway (the rows' own retry
-policy decides). An endpoint that is *out* (told to wait past ``max_retry_after``)
-is never used; when every endpoint is out, :meth:`EndpointPool.out_reason` says why.
+endpoint other than the one that just failed. AIMD windows and pauses steer: when no other
+endpoint has room, the full windows, then the paused endpoints are used (a refused row
+waits its own Retry-After). Endpoints cooling down (broken) are skipped while another can
+serve; when every one is, they are used anyway (the rows' own retry policy decides). An
+endpoint that is *out* (told to wait past ``max_retry_after``) is never used; when every
+endpoint is out, :meth:`EndpointPool.out_reason` says why.
 """
 
 from __future__ import annotations
@@ -93,12 +94,12 @@ class EndpointPool:
         i = self.balancer.pick(lambda i: targets[i].eligible(now))
         if i is None:  # every AIMD window is full: windows steer, they never cap the run
             i = self.balancer.pick(lambda i: targets[i].eligible(now, 1))
-        if i is None and all(t.health.held(now) or t.health.out(now) for t in targets):
-            # none is free of pause and cooldown: a paused one (answering, but refusing)
-            # before a cooling one (broken); the rows' own retry policy decides
+        if i is None:  # pauses steer too: no other endpoint has room, so use a paused one
             i = self.balancer.pick(lambda i: targets[i].eligible(now, 2))
-            if i is None and all(t.health.cooling(now) or t.health.out(now) for t in targets):
-                i = self.balancer.pick(lambda i: targets[i].eligible(now, 3))
+        if i is None and all(t.health.cooling(now) or t.health.out(now) for t in targets):
+            # every endpoint is broken as far as we know: use them anyway, the rows' own
+            # retry policy decides (a dead single endpoint fails rows, never stalls)
+            i = self.balancer.pick(lambda i: targets[i].eligible(now, 3))
         return None if i is None else targets[i]
 
     def idle_wait(self, now: float) -> float:

@@ -211,3 +211,23 @@ def test_a_healthy_endpoint_without_room_is_not_elsewhere():
         return with_room, full
 
     assert asyncio.run(main()) == (True, False)
+
+
+def test_a_pause_never_queues_rows_behind_a_full_endpoint():
+    """Second outside review: a paused endpoint's rows queued behind a slow endpoint with
+    4 slots (3x slower than a client that simply waits Retry-After)."""
+    import asyncio
+
+    async def main():
+        pool = EndpointPool(RunConfig([{"url": "http://127.0.0.1:9/v1", "concurrency": 4},
+                                       "http://127.0.0.1:10/v1"]))
+        slow, paused = pool.targets
+        for _ in range(10):
+            paused.health.on_failure(1.0, "http_error", 429, retry_after=15.0, sent_at=1.0)
+        first = pool.pick(-1, 2.0)  # the slow one has room: the pause steers there
+        slow.in_flight = 4
+        second = pool.pick(-1, 2.0)  # no room left anywhere else: use the paused one
+        await pool.close()
+        return first is slow, second is paused
+
+    assert asyncio.run(main()) == (True, True)
