@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,12 @@ def mock_server():
 @pytest.fixture
 def cli_env(monkeypatch):
     return [sys.executable, "-m", "llmframe"]
+
+
+def wait_until(condition, what, timeout=60.0):
+    """Poll ``condition`` until it holds; fail naming ``what()`` if ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting for {what()}")
+        time.sleep(0.02)

@@ -10,7 +10,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 
 def _text(cell) -> str:
@@ -50,14 +50,6 @@ def test_quickstart_runs_and_shows_results():
     assert not errors
 
 
-def _wait_until(condition, what, timeout=60.0):
-    """Poll ``condition`` until it holds; fail naming ``what()`` if ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:g} s waiting for {what()}")
-        time.sleep(0.02)
-
 
 def _reply_to(kc, msg_id, timeout=60.0):
     """The shell reply to ``msg_id``; fail if none comes within ``timeout`` s."""
@@ -94,7 +86,7 @@ def test_kernel_interrupt_stops_the_call_and_keeps_answered_rows(mock_server):
                             f"concurrency={window}, timeout=600, progress=False)")
         # mid-run: every answer has been sent and the whole window is held by hanging
         # requests, so the call cannot finish by itself
-        _wait_until(lambda: srv.counts["ok"] >= answered_first and srv.counts["hang"] >= window,
+        wait_until(lambda: srv.counts["ok"] >= answered_first and srv.counts["hang"] >= window,
                     lambda: f"{answered_first} answered and {window} hanging requests on the "
                             f"server; it has {dict(srv.counts)}")
         km.interrupt_kernel()

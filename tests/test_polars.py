@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import polars as pl
 import pytest
 
 import llmframe
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 
 @pytest.fixture
@@ -181,14 +180,6 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _wait_until(condition, what, timeout=60.0):
-    """Poll ``condition`` until it holds; fail naming ``what()`` if ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:g} s waiting for {what()}")
-        time.sleep(0.02)
-
 
 def test_interrupt_stops_promptly_and_keeps_answered_rows(tmp_path, mock_server):
     # served from this process, so the test sees what reached the server: the first
@@ -204,7 +195,7 @@ def test_interrupt_stops_promptly_and_keeps_answered_rows(tmp_path, mock_server)
     try:
         # mid-run: every answer has been sent and the whole window is held by hanging
         # requests (timeout=600: none can time out), so the call cannot finish by itself
-        _wait_until(
+        wait_until(
             lambda: (srv.counts["ok"] >= answered_first and srv.counts["hang"] >= window)
             or proc.poll() is not None,
             lambda: f"{answered_first} answered and {window} hanging requests on the server; "
@@ -262,7 +253,7 @@ def test_checkpoint_survives_a_killed_kernel(tmp_path):
             return ckpt.read_bytes().count(b"\n") if ckpt.exists() else 0
 
         try:
-            _wait_until(lambda: lines() > some or first.poll() is not None,
+            wait_until(lambda: lines() > some or first.poll() is not None,
                         lambda: f"{some} rows in {ckpt}; it has {max(lines() - 1, 0)}")
         finally:
             first.send_signal(signal.SIGKILL)

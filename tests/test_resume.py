@@ -6,12 +6,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 LLMFRAME = [sys.executable, "-m", "llmframe"]
 
@@ -46,14 +45,6 @@ def start_run(*args):
     return subprocess.Popen([*LLMFRAME, "run", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
-
-def wait_until(condition, what, timeout=60.0):
-    """Poll ``condition`` until it holds; fail naming ``what()`` if ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:g} s waiting for {what()}")
-        time.sleep(0.02)
 
 
 def complete_lines(path: Path) -> int:
