@@ -64,13 +64,14 @@ class _Run:
             if self.on_result is not None:
                 self.on_result(result)
         except Exception as exc:
-            self._fail(StoreError(f"cannot store the result of row {result.index}: "
-                                  f"{type(exc).__name__}: {exc}"), exc)
+            self._fail(f"the result of row {result.index}", exc)
         self.done.append(result)
         self._wake_consumer()
 
-    def _fail(self, error: StoreError, cause: BaseException) -> None:
+    def _fail(self, what: str, cause: BaseException) -> None:
+        """Storing ``what`` failed: stop the run; it raises StoreError at its end."""
         if self.failure is None:
+            error = StoreError(f"cannot store {what}: {type(cause).__name__}: {cause}")
             error.__cause__ = cause
             self.failure = error
             self.dispatcher.stop()
@@ -99,8 +100,7 @@ class _Run:
                 try:
                     self.sink.flush()
                 except Exception as exc:
-                    self._fail(StoreError(f"cannot store results: {type(exc).__name__}: "
-                                          f"{exc}"), exc)
+                    self._fail("results", exc)
             self.attempts.expire(now)
 
     # -- the run --------------------------------------------------------------------------
@@ -160,8 +160,7 @@ class _Run:
             try:
                 self.sink.flush()
             except Exception as exc:
-                self._fail(StoreError(f"cannot store results: {type(exc).__name__}: {exc}"),
-                           exc)
+                self._fail("results", exc)
 
 
 class RunControl:

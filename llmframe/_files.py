@@ -28,10 +28,13 @@ __all__ = ["FileRun", "count_lines", "default_paths", "progress_total", "run_fil
            "run_file_async"]
 
 
-def default_paths(requests: Path) -> tuple[Path, Path]:
-    """``data/x.jsonl`` -> ``data/x.save.jsonl``, ``data/x.errors.jsonl``."""
+def default_paths(requests: Path, save: str | os.PathLike[str] | None = None,
+                  errors: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """The output files: ``save``/``errors`` if given, else ``data/x.jsonl`` ->
+    ``data/x.save.jsonl``, ``data/x.errors.jsonl``."""
     stem = requests.name[: -len(".jsonl")] if requests.name.endswith(".jsonl") else requests.name
-    return requests.with_name(f"{stem}.save.jsonl"), requests.with_name(f"{stem}.errors.jsonl")
+    return (Path(save) if save is not None else requests.with_name(f"{stem}.save.jsonl"),
+            Path(errors) if errors is not None else requests.with_name(f"{stem}.errors.jsonl"))
 
 
 def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
@@ -112,9 +115,7 @@ def _paths(requests: str | os.PathLike[str], save: str | os.PathLike[str] | None
     if path.is_dir():
         msg = f"requests file is a directory: {path}"
         raise InputFileError(msg)
-    default_save, default_errors = default_paths(path)
-    save_path = Path(save) if save is not None else default_save
-    errors_path = Path(errors) if errors is not None else default_errors
+    save_path, errors_path = default_paths(path, save, errors)
     resolved = {p.resolve() for p in (path, save_path, errors_path)}
     if len(resolved) < 3:
         msg = "the requests, save and errors files must be three different files"

@@ -89,9 +89,9 @@ class Health:
 
     def allowed(self, now: float, level: int = 0) -> int:
         """Requests this endpoint may have in flight now. ``level`` 1: no endpoint has room
-        under its AIMD window, so use the full one; 2: every endpoint is cooling down or
-        paused, so ignore pauses; 3: every endpoint is cooling down, so ignore that too.
-        An endpoint that is out is never used."""
+        under its AIMD window, so use the full one; 2: none has room otherwise, so ignore
+        pauses too; 3: every endpoint is cooling down, so ignore that too. An endpoint that
+        is out is never used."""
         if now < self.out_until:
             return 0
         if level < 3:
@@ -121,7 +121,7 @@ class Health:
 
     def held(self, now: float) -> bool:
         """Cooling down, waiting for its probe, or paused (but not out)."""
-        return self.probing or now < self.cooldown_until or now < self.paused_until
+        return self.cooling(now) or now < self.paused_until
 
     def out(self, now: float) -> bool:
         """Told to wait past the cap: not used at all until then."""

@@ -218,7 +218,7 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
         return EXIT_ROW_ERRORS
     finally:
         signal.signal(signal.SIGTERM, previous)
-    save, errors = _outputs(path, kwargs["save"], kwargs["errors"])
+    save, errors = default_paths(path, kwargs["save"], kwargs["errors"])
     if stats.rows == 0 and not interrupted:
         click.echo(f"llmframe: {path} has no requests (empty file); nothing to do", err=True)
         return EXIT_OK
@@ -232,11 +232,6 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
                    err=True)
         return EXIT_TERMINATED if signal.SIGTERM in signals else EXIT_INTERRUPTED
     return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
-
-
-def _outputs(path: Path, save: Path | None, errors: Path | None) -> tuple[Path, Path]:
-    default_save, default_errors = default_paths(path)
-    return save or default_save, errors or default_errors
 
 
 def _parse_latency(text: str) -> float | tuple[float, float]:
