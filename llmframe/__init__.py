@@ -16,7 +16,9 @@ from importlib import metadata as _metadata
 from . import _namespace  # noqa: F401 - registers df.llm and pl.col(...).llm
 from ._config import Endpoint, RunConfig
 from ._engine import RunControl, stream_results
+from ._estimate import Estimate, estimate
 from ._exceptions import (
+    BudgetReached,
     ConfigError,
     InputFileError,
     Interrupted,
@@ -36,9 +38,11 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0.0.0"
 
 __all__ = [
+    "BudgetReached",
     "ConfigError",
     "Endpoint",
     "EndpointStats",
+    "Estimate",
     "InputFileError",
     "Interrupted",
     "LLMFrameError",
@@ -52,6 +56,7 @@ __all__ = [
     "acomplete",
     "complete",
     "complete_expr",
+    "estimate",
     "iter_rows",
     "read_jsonl",
     "recover",

@@ -17,6 +17,7 @@ import orjson
 from ._config import RunConfig
 from ._pool import EndpointPool, Target
 from ._protocols import Answer, Prepared, encode, parse_response
+from ._ratelimits import parse_rate_limits, quota_spent
 from ._results import Result, RunStats
 from ._retry import AttemptError, RetryPolicy, is_retryable_status, parse_retry_after
 from ._secrets import Secrets
@@ -33,8 +34,8 @@ _KINDS = {"connect": "connection_error", "protocol": "connection_error",
 class Job:
     """A row on its way: its request, attempts so far, where it last failed."""
 
-    __slots__ = ("attempts", "back", "deadline", "index", "last_endpoint", "payload", "prepared",
-                 "retry_state", "timed_out")
+    __slots__ = ("attempts", "back", "cap", "cost", "deadline", "index", "last_endpoint",
+                 "payload", "prepared", "prompt", "retry_state", "timed_out", "tokens")
 
     def __init__(self, index: int, payload: Any, prepared: Prepared) -> None:
         self.index = index
@@ -46,6 +47,10 @@ class Job:
         self.timed_out = False
         self.deadline = 0.0
         self.retry_state: Any = None  # tenacity's RetryCallState, from the first failure
+        self.prompt = -1  # our count of its prompt tokens (-1: not counted, no token limits)
+        self.cap: int | None = None  # its max_tokens
+        self.tokens = 0  # tokens reserved for the attempt in flight
+        self.cost = 0.0  # worst-case USD reserved against the budget
 
 
 async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer | AttemptError:
@@ -57,6 +62,9 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
         return AttemptError("invalid_input", f"row cannot be encoded as JSON: {exc}")
     try:
         status, headers, data = await target.transport.post(body)
+        limits = parse_rate_limits(headers)
+        if limits is not None:
+            target.observe(limits, job.tokens)
     except TransportError as exc:
         return AttemptError(_KINDS[exc.kind], secrets.redact(str(exc)) or exc.kind,
                             retryable=True)
@@ -79,11 +87,16 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
 
 def http_error(status: int, headers: Mapping[str, str], data: bytes,
                secrets: Secrets) -> AttemptError:
-    """The attempt error for a non-2xx answer, with a redacted excerpt of its body."""
+    """The attempt error for a non-2xx answer, with a redacted excerpt of its body. A spent
+    quota (``insufficient_quota``, billing errors, 402) is ``quota_exceeded``: never
+    retried at that endpoint."""
+    body = excerpt(data, secrets, _BODY_EXCERPT)
+    if status in (400, 402, 403, 429) and quota_spent(status, body):
+        return AttemptError("quota_exceeded", f"HTTP {status}: the quota is spent",
+                            status=status, body=body)
     return AttemptError(
         "http_error", f"HTTP {status}", status=status, retryable=is_retryable_status(status),
-        retry_after=parse_retry_after(headers) if status in (429, 503) else None,
-        body=excerpt(data, secrets, _BODY_EXCERPT),
+        retry_after=parse_retry_after(headers) if status in (429, 503) else None, body=body,
     )
 
 
@@ -138,21 +151,55 @@ class Attempts:
         finally:
             self.dispatcher.done_one(target)
         latency = perf_counter() - started
-        if isinstance(outcome, Answer):
-            target.health.on_success(loop.time(), latency)
-            target.stats.ok += 1
-            target.stats.record_latency(latency)
-            self.emit(Result(
-                job.index, job.payload, response=outcome.text, attempts=job.attempts,
-                endpoint=target.name, latency=latency, finish_reason=outcome.finish_reason,
-                prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-            ))
-        else:
+        if not isinstance(outcome, Answer):
+            self._settle(job, target, outcome, None)
             self._failed(job, target, outcome, sent_at, latency)
+            return
+        target.health.on_success(loop.time(), latency)
+        target.stats.ok += 1
+        target.stats.record_latency(latency)
+        usage = outcome.usage
+        result = Result(
+            job.index, job.payload, response=outcome.text, attempts=job.attempts,
+            endpoint=target.name, latency=latency, finish_reason=outcome.finish_reason)
+        if usage is not None:
+            result.prompt_tokens, result.completion_tokens = (usage.prompt_tokens,
+                                                              usage.completion_tokens)
+            result.cached_tokens, result.reasoning_tokens = (usage.cached_tokens,
+                                                             usage.reasoning_tokens)
+            result.cost_usd = target.endpoint.cost(usage.prompt_tokens,
+                                                   usage.completion_tokens)
+            target.stats.record_usage(result)
+        self._settle(job, target, outcome, result.cost_usd)
+        self.emit(result)
+
+    def _settle(self, job: Job, target: Target, outcome: Answer | AttemptError,
+                cost: float | None) -> None:
+        """Settle the attempt's reservations: tokens against the answer's usage (a refused
+        request used none; a lost one keeps its estimate), the budget against its cost."""
+        gate = self.dispatcher.gate
+        if job.tokens:
+            if isinstance(outcome, Answer):
+                used = None if outcome.usage is None else outcome.usage.total
+                if outcome.usage is not None and job.prompt >= 0:
+                    gate.meter.learn(job.prompt, outcome.usage)
+            else:
+                used = 0 if outcome.status is not None else None
+            if used is not None:
+                for bucket in (target.tokens, gate.tokens):
+                    if bucket is not None:
+                        bucket.settle(job.tokens - used)
+            job.tokens = 0
+        if job.cost:
+            gate.budget.release(job.cost, cost)
+            job.cost = 0.0
 
     def _failed(self, job: Job, target: Target, error: AttemptError, sent_at: float,
                 latency: float) -> None:
         now = asyncio.get_running_loop().time()
+        if error.kind == "quota_exceeded":
+            self._quota_spent(job, target, error, now, latency)
+            return
         if job.retry_state is None:
             job.retry_state = self.policy.new_state()
         elsewhere = self.pool.elsewhere(target, now)
@@ -171,6 +218,24 @@ class Attempts:
         job.last_endpoint = target.index
         job.back = decision.retry_after is not None and not elsewhere
         self.dispatcher.retry(job, decision.wait)
+
+    def _quota_spent(self, job: Job, target: Target, error: AttemptError, now: float,
+                     latency: float) -> None:
+        """Spent quota is not a rate limit: the endpoint leaves the run, and the row goes
+        to another one at once (not a retry of the row: its attempts are not used up)."""
+        target.stats.failed_attempts += 1
+        if not target.health.out(now):
+            why = "quota spent"
+            if error.body:
+                why += f" ({' '.join(error.body.split())[:160]})"
+            target.health.leave(why)
+            target.stats.note = "out: quota spent"
+        if self.pool.alternative(target, now):
+            job.last_endpoint = target.index
+            job.back = False
+            self.dispatcher.retry(job, 0.0)
+            return
+        self.emit(self._final_error(job, target, error, latency, None))
 
     def _final_error(self, job: Job, target: Target, error: AttemptError, latency: float,
                      reason: str | None) -> Result:

@@ -115,5 +115,7 @@ def record_of(r: Result) -> dict[str, Any]:
         "error": r.error, "attempts": r.attempts, "endpoint": r.endpoint,
         "latency_ms": None if r.latency is None else r.latency * 1000,
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "cached_tokens": r.cached_tokens, "reasoning_tokens": r.reasoning_tokens,
+        "cost_usd": r.cost_usd,
         "finish_reason": r.finish_reason, "error_type": r.error_type, "status": r.status,
     }

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigError
+from ._secrets import looks_like_a_key as _looks_like_a_key
 from ._secrets import redact_url
 
 __all__ = [
@@ -34,15 +35,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.I)
 
 
-def _looks_like_a_key(name: str) -> bool:
-    """Variable names are short or upper-case; a long mixed-case token is a key pasted in
-    the wrong place (never echo it back).
-
-    >>> _looks_like_a_key("OPENAI_API_KEY"), _looks_like_a_key("AIzaSyD3x9kQ0abcdefGHIJ")
-    (False, True)
-    """
-    return len(name) >= 20 and any(c.islower() for c in name) and any(
-        c.isdigit() for c in name)
+def _price(name: str, value: Any, where: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not (value >= 0 and math.isfinite(value))):
+        msg = f"{where}: {name} must be a number >= 0 (USD per 1M tokens), got {value!r}"
+        raise ConfigError(msg)
 
 
 def _positive(name: str, value: Any, where: str, *, integer: bool = False) -> None:
@@ -63,7 +60,9 @@ class Endpoint:
     ``url`` is a base such as ``http://127.0.0.1:8000/v1``; the API path
     (``/chat/completions`` or ``/completions``) is appended unless the URL already ends with
     one. The key, if any, is read from the environment variable ``api_key_env`` at run time
-    and sent as ``Authorization: Bearer ...`` to this endpoint only.
+    and sent as ``Authorization: Bearer ...`` to this endpoint only. Limits of its own:
+    ``rps``/``rpm`` (requests), ``tpm`` (tokens per minute), ``max_concurrency``; prices
+    ``price_in``/``price_out`` in USD per 1M tokens give each row a ``cost_usd``.
 
     >>> Endpoint("http://127.0.0.1:8000/v1", weight=3, api_key_env="OPENAI_API_KEY")
     Endpoint('http://127.0.0.1:8000/v1', weight=3, api_key_env='OPENAI_API_KEY')
@@ -76,8 +75,12 @@ class Endpoint:
     api_key_env: str | None = None
     headers: Mapping[str, str] | None = field(default=None, compare=False)
     rps: float | None = None
+    rpm: float | None = None
+    tpm: float | None = None
     max_concurrency: int | None = None
     timeout: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
 
     def __post_init__(self) -> None:
         where = f"endpoint {redact_url(str(self.url))!r}"
@@ -94,8 +97,11 @@ class Endpoint:
             msg = f"{where}: url has an invalid port"
             raise ConfigError(msg) from None
         _positive("weight", self.weight, where)
-        if self.rps is not None:
-            _positive("rps", self.rps, where)
+        for name in ("rps", "rpm", "tpm"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name), where)
+        for name in ("price_in", "price_out"):
+            _price(name, getattr(self, name), where)
         if self.max_concurrency is not None:
             _positive("max_concurrency", self.max_concurrency, where, integer=True)
         if self.timeout is not None:
@@ -119,6 +125,27 @@ class Endpoint:
                 msg = f"{where}: headers must map strings to strings"
                 raise ConfigError(msg)
             object.__setattr__(self, "headers", dict(self.headers))
+
+    @property
+    def request_rate(self) -> float | None:
+        """Requests per second this endpoint may take: the tighter of ``rps`` and ``rpm``."""
+        rates = [r for r in (self.rps, None if self.rpm is None else self.rpm / 60) if r]
+        return min(rates) if rates else None
+
+    @property
+    def priced(self) -> bool:
+        return self.price_in is not None and self.price_out is not None
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        """USD for one answer's usage (None without prices or usage).
+
+        >>> Endpoint("http://a/v1", price_in=2.5, price_out=10).cost(1000, 500)
+        0.0075
+        """
+        if not self.priced or (prompt_tokens is None and completion_tokens is None):
+            return None
+        return ((prompt_tokens or 0) * self.price_in  # type: ignore[operator]
+                + (completion_tokens or 0) * self.price_out) / 1e6  # type: ignore[operator]
 
     @property
     def name(self) -> str:
@@ -156,7 +183,8 @@ class Endpoint:
 
     def __repr__(self) -> str:
         args = [repr(self.name)]
-        for name in ("model", "weight", "api_key_env", "rps", "max_concurrency", "timeout"):
+        for name in ("model", "weight", "api_key_env", "rps", "rpm", "tpm", "max_concurrency",
+                     "timeout", "price_in", "price_out"):
             value = getattr(self, name)
             if value is not None and not (name == "weight" and value == 1.0):
                 args.append(f"{name}={value!r}")
@@ -169,7 +197,10 @@ class Endpoint:
 EndpointLike = Endpoint | str | Mapping[str, Any]
 
 _ALIASES = {"key_env": "api_key_env", "concurrency": "max_concurrency"}
-_FIELDS = ("url", "model", "weight", "api_key_env", "headers", "rps", "max_concurrency", "timeout")
+_FIELDS = ("url", "model", "weight", "api_key_env", "headers", "rps", "rpm", "tpm",
+           "max_concurrency", "timeout", "price_in", "price_out")
+_NUMBERS = ("weight", "rps", "rpm", "tpm", "timeout", "concurrency", "max_concurrency",
+            "price_in", "price_out")
 
 
 def _endpoint_from_mapping(spec: Mapping[str, Any], where: str) -> Endpoint:
@@ -227,7 +258,8 @@ def _number(text: str, key: str, where: str) -> float:
 
 
 def parse_endpoint_spec(spec: str) -> Endpoint:
-    """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,concurrency=N``.
+    """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,tpm=N,
+    concurrency=N,timeout=S,price_in=USD,price_out=USD`` (prices per 1M tokens).
 
     >>> parse_endpoint_spec("url=http://127.0.0.1:8000/v1,weight=3,concurrency=64")
     Endpoint('http://127.0.0.1:8000/v1', weight=3.0, max_concurrency=64)
@@ -243,7 +275,7 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
         if not sep or not key:
             msg = f"{where}: expected key=value, got {part!r}"
             raise ConfigError(msg)
-        if key in ("weight", "rps", "timeout", "concurrency", "max_concurrency"):
+        if key in _NUMBERS:
             fields[key] = _number(value.strip(), key, where)
         else:
             fields[key] = value.strip()
@@ -262,7 +294,12 @@ class RunConfig:
     ``Retry-After`` asks up to ``max_retry_after``. ``transport``: ``auto`` (the fast HTTP/1.1
     client for http://, aiohttp for https://), ``fast`` or ``aiohttp``, or a function
     ``(url, headers) -> Transport`` (e.g. ``llmframe.testing.MockTransport``, for tests
-    without sockets).
+    without sockets). ``tpm`` is a global limit on tokens per minute (each endpoint may
+    have its own ``tpm``/``rpm`` too); ``budget`` (USD) stops sending before the spend
+    would pass it (every endpoint then needs ``price_in``/``price_out``).
+    ``output_tokens`` is reserved per answer when the request sets no ``max_tokens``
+    until answers show the real size; ``tokenizer`` ``chars`` (characters/4) or
+    ``tiktoken`` (exact, when installed with its encoding already cached; else chars).
 
     >>> RunConfig(["http://127.0.0.1:8000/v1"], rps=100).rps
     100
@@ -282,11 +319,26 @@ class RunConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     transport: Literal["auto", "fast", "aiohttp"] | Callable[..., Any] = "auto"
+    tpm: float | None = None
+    budget: float | None = None
+    output_tokens: int = 512
+    tokenizer: Literal["chars", "tiktoken"] = "chars"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))
-        if self.rps is not None:
-            _positive("rps", self.rps, "run")
+        for name in ("rps", "tpm", "budget"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name), "run")
+        _positive("output_tokens", self.output_tokens, "run", integer=True)
+        if self.tokenizer not in ("chars", "tiktoken"):
+            msg = f"run: tokenizer must be chars or tiktoken, got {self.tokenizer!r}"
+            raise ConfigError(msg)
+        if self.budget is not None:
+            unpriced = [ep.name for ep in self.endpoints if not ep.priced]
+            if unpriced:
+                msg = (f"run: budget needs price_in and price_out (USD per 1M tokens) on every "
+                       f"endpoint; missing on {', '.join(map(repr, unpriced))}")
+                raise ConfigError(msg)
         _positive("concurrency", self.concurrency, "run", integer=True)
         _positive("max_attempts", self.max_attempts, "run", integer=True)
         _positive("timeout", self.timeout, "run")

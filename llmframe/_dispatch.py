@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from ._attempt import Job
 from ._config import RunConfig
+from ._meter import Gate
 from ._pacer import Pacer
 from ._pool import EndpointPool, Target
 from ._protocols import RowError, prepare
@@ -68,6 +69,46 @@ class RetryQueue:
         return count
 
 
+class Bell:
+    """One waiter's wake-up: ``await bell.wait(timeout)`` returns when ``ring()`` is called
+    (or after ``timeout``); cheaper than an ``asyncio.Event`` cleared on every wait."""
+
+    __slots__ = ("_fut",)
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+
+    def ring(self, *_: object) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._fut = fut = loop.create_future()
+        handle = loop.call_later(timeout, self.ring) if timeout else None
+        try:
+            await fut
+        finally:
+            self._fut = None
+            if handle is not None:
+                handle.cancel()
+
+
+def job_of(row: Row, config: RunConfig, label: Callable[[int], str] | None
+           ) -> Job | Result:
+    """The job for an input row, or the error result of a row that cannot be sent."""
+    index, payload, reason = row
+    if reason is None:
+        try:
+            prepared = prepare(payload, config.api, system=config.system, params=config.params)
+        except RowError as exc:
+            reason = f"{label(index)}: {exc}" if label else str(exc)
+        else:
+            return Job(index, payload, prepared)
+    return Result(index, payload, error=reason, error_type="invalid_input")
+
+
 class Dispatcher:
     """Feeds attempts to ``launch(job, target)`` within the run's limits."""
 
@@ -83,32 +124,20 @@ class Dispatcher:
         self.emit = emit
         self.label = label  # names a row in its error: "requests.jsonl line 8"
         self.pacer = Pacer(config.rps) if config.rps else None
+        self.gate = Gate(config)
+        self.bell = Bell()
+        self.wake, self._sleep = self.bell.ring, self.bell.wait
         self.retries = RetryQueue(self.wake)
         self.in_flight = 0
         self.holding: Job | None = None  # taken from the rows or retries, not yet sent
         self.stopping = False
-        self._wake_fut: asyncio.Future[None] | None = None
 
-    def wake(self, *_: object) -> None:
-        fut = self._wake_fut
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def _sleep(self, timeout: float | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self._wake_fut = fut = loop.create_future()
-        handle = loop.call_later(timeout, self.wake) if timeout else None
-        try:
-            await fut
-        finally:
-            self._wake_fut = None
-            if handle is not None:
-                handle.cancel()
-
-    def stop(self) -> None:
-        """Stop taking rows and retries; attempts in flight may still finish."""
+    def stop(self, by: str | None = None) -> None:
+        """Stop taking rows and retries; attempts in flight may still finish. ``by``:
+        what stopped the run (``"budget"``), kept in ``stats.stopped_by``."""
         if not self.stopping:
             self.stopping = True
+            self.stats.stopped_by = by
             self.stats.unfinished += self.retries.drop()
             self.wake()
 
@@ -125,21 +154,6 @@ class Dispatcher:
         else:
             self.retries.schedule(job, wait)
 
-    def _job(self, row: Row) -> Job | None:
-        index, payload, reason = row
-        self.stats.rows += 1
-        if reason is None:
-            config = self.config
-            try:
-                prepared = prepare(payload, config.api, system=config.system,
-                                   params=config.params)
-            except RowError as exc:
-                reason = f"{self.label(index)}: {exc}" if self.label else str(exc)
-            else:
-                return Job(index, payload, prepared)
-        self.emit(Result(index, payload, error=reason, error_type="invalid_input"))
-        return None
-
     def _next(self) -> Job | bool | None:
         """The next job; None when a row needed no request; False when there is nothing
         to do now; True when the run is over."""
@@ -149,12 +163,16 @@ class Dispatcher:
         if self.rows is not None:
             row = next(self.rows, None)
             if row is not None:
-                return self._job(row)
+                self.stats.rows += 1
+                job = job_of(row, self.config, self.label)
+                if isinstance(job, Result):  # a row that cannot be sent: its error now
+                    self.emit(job)
+                    return None
+                return job
             self.rows = None  # type: ignore[assignment]
         return not (self.in_flight or len(self.retries))
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         concurrency = self.config.concurrency
         while not self.stopping:
             job = self._next()
@@ -168,12 +186,7 @@ class Dispatcher:
             self.holding = job
             while self.in_flight >= concurrency and not self.stopping:
                 await self._sleep()
-            if self.pacer is not None:
-                await self.pacer.acquire()
-            target = None if self.stopping else self.pool.pick(job.last_endpoint, loop.time(),
-                                                               job.back)
-            if target is None and not self.stopping:
-                target = await self._wait_for_target(job, loop)
+            target = None if self.stopping else await self._target(job)
             if target is None:
                 if self.stopping:  # read (or due) but never sent: a resumed run sends it
                     self.stats.unfinished += 1
@@ -181,14 +194,48 @@ class Dispatcher:
                 continue
             if target.limiter is not None:
                 await target.limiter.acquire()  # never waits: pick checked has_capacity
-            self.in_flight += 1
-            self.stats.in_flight = self.in_flight
-            target.in_flight += 1
-            job.deadline = loop.time() + target.timeout
-            self.launch(job, target)
-            self.holding = None
+            self._launch(job, target)
+        if self.stats.stopped_by is not None and self.rows is not None:
+            self.stats.unsent += sum(1 for _ in self.rows)  # never read: counted, not sent
         while self.in_flight:  # stopping: let what is in flight finish (the caller bounds it)
             await self._sleep()
+
+    def _launch(self, job: Job, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        if target.tokens is not None:
+            target.tokens.take(job.tokens, loop.time())
+        self.in_flight += 1
+        self.stats.in_flight = self.in_flight
+        target.in_flight += 1
+        job.deadline = loop.time() + target.timeout
+        self.launch(job, target)
+        self.holding = None
+
+    async def _target(self, job: Job) -> Target | None:
+        """The endpoint ``job`` goes to, within the run's limits (rate, tokens, budget);
+        None when the job ended (every endpoint is out) or the run is stopping."""
+        loop = asyncio.get_running_loop()
+        pool = self.pool
+        if pool.out_reason(loop.time()) is not None:  # end it now, not at the pace
+            return await self._wait_for_target(job, loop)
+        if self.pacer is not None:
+            await self.pacer.acquire()
+        gate = self.gate
+        if gate.metered(pool.targets):
+            gate.measure(job)
+            if gate.tokens is not None:
+                await gate.tokens.acquire(job.tokens)
+        while not self.stopping:
+            target = pool.pick(job.last_endpoint, loop.time(), job.back)
+            if target is None:
+                target = await self._wait_for_target(job, loop)
+            if target is None or gate.afford(job, target.endpoint):
+                return target
+            if not gate.budget.in_flight:  # type: ignore[union-attr]  # nothing will settle
+                self.stop(by="budget")
+                return None
+            await self._sleep()  # answers in flight settle for less than reserved
+        return None
 
     async def _wait_for_target(self, job: Job, loop: asyncio.AbstractEventLoop
                                ) -> Target | None:

@@ -108,6 +108,7 @@ class _Run:
         loop = asyncio.get_running_loop()
         self.pool = EndpointPool(self.config)
         self.stats.endpoints = [t.stats for t in self.pool.targets]
+        self.stats.budget = self.config.budget
         self.attempts = Attempts(self.config, self.pool, self.policy, Secrets(self.pool.keys),
                                  self.stats, self.emit)
         self.dispatcher = Dispatcher(self.rows, self.config, self.pool, self.stats,

@@ -7,7 +7,8 @@ The tree::
     ├── InputFileError   the requests file cannot be opened or read
     ├── StoreError       a result could not be stored (disk full, ...): the run stopped;
     │                    what was stored before stays stored
-    └── WorkerError      a --workers process died: its finished rows are saved
+    ├── WorkerError      a --workers process died: its finished rows are saved
+    └── BudgetReached    the budget stopped the run; ``partial`` holds what was answered
 
     Interrupted (KeyboardInterrupt)   a run stopped by Ctrl-C / a kernel interrupt
 
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "InputFileError", "Interrupted", "LLMFrameError", "StoreError",
-           "WorkerError"]
+__all__ = ["BudgetReached", "ConfigError", "InputFileError", "Interrupted", "LLMFrameError",
+           "StoreError", "WorkerError"]
 
 
 class LLMFrameError(Exception):
@@ -48,3 +49,17 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, partial: Any = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class BudgetReached(LLMFrameError):
+    """The run stopped sending before its spend would pass ``budget``; what was in flight
+    finished and is kept. ``partial``: the frame (polars) or :class:`RunStats` (files) so
+    far; ``not_sent``: rows left without a result (resume to send them); ``spent``: USD.
+    """
+
+    def __init__(self, message: str, partial: Any = None, *, not_sent: int = 0,
+                 spent: float = 0.0) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.not_sent = not_sent
+        self.spent = spent

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._config import EndpointLike, RunConfig, run_config
 from ._engine import RunControl, stream_results
-from ._exceptions import ConfigError, InputFileError, Interrupted
+from ._exceptions import BudgetReached, ConfigError, InputFileError, Interrupted
 from ._jsonl import iter_rows
 from ._results import RunStats
 from ._resume import prepare_outputs
@@ -149,8 +149,9 @@ def run_file(
     shards the rows over processes. Returns the run's :class:`RunStats` (``rows``, ``ok``,
     ``errors``, ``retries``, ``endpoints``; ``str()`` is the summary). Ctrl-C / SIGTERM
     stop it gracefully (``grace`` seconds for requests in flight) and raise
-    :class:`Interrupted` with the stats in ``exc.partial``. ``on_note`` receives notes
-    such as "resuming: 120 rows already answered".
+    :class:`Interrupted` with the stats in ``exc.partial``; a ``budget`` that stops the
+    run raises :class:`BudgetReached` (stats in ``exc.partial``; resume to send the rest).
+    ``on_note`` receives notes such as "resuming: 120 rows already answered".
 
     >>> import tempfile, pathlib
     >>> from llmframe.testing import MockServer
@@ -186,5 +187,13 @@ def run_file(
         msg = (f"interrupted: {job.stats.done:,} rows finished and saved; run again with "
                "resume=True (--resume) to send the rest")
         raise Interrupted(msg, job.stats) from None
+    if job.stats.stopped_by == "budget":
+        raise budget_reached(job.stats, job.stats, "--resume and a larger --budget")
     return job.stats
+
+
+def budget_reached(stats: RunStats, partial: Any, how: str) -> BudgetReached:
+    """The exception of a run the budget stopped (``how``: how to send the rest)."""
+    msg = f"stopped by the budget: {stats.not_sent:,} rows not sent; rerun with {how}"
+    return BudgetReached(msg, partial, not_sent=stats.not_sent, spent=stats.cost_usd or 0.0)
 

@@ -82,7 +82,9 @@ def _result(row: dict[str, Any]) -> Result:
         attempts=row.get("attempts") or 0, endpoint=row.get("endpoint"),
         latency=None if latency is None else latency / 1000,
         prompt_tokens=row.get("prompt_tokens"), completion_tokens=row.get("completion_tokens"),
-        finish_reason=row.get("finish_reason"), error_type=row.get("error_type"),
+        cached_tokens=row.get("cached_tokens"), reasoning_tokens=row.get("reasoning_tokens"),
+        cost_usd=row.get("cost_usd"), finish_reason=row.get("finish_reason"),
+        error_type=row.get("error_type"),
         status=row.get("status"),
     )
     if row.get("read_error") is not None:

@@ -20,7 +20,8 @@ tested with made-up times:
   smaller window never lowers the run's total (each refused row already waits its
   Retry-After, and with rate-based limits a smaller window only slows the run).
 - **Out.** A Retry-After past ``max_retry_after`` (a spent daily quota says 86400) puts
-  the endpoint out of the run for that long.
+  the endpoint out of the run for that long; a spent quota or credit (``leave``) for the
+  rest of the run.
 
 Pauses and windows move traffic to the other endpoints while those have room, and never
 hold rows back otherwise; cooldowns move traffic to working endpoints, and when every
@@ -63,8 +64,8 @@ class Health:
 
     __slots__ = ("_cooldown", "_ewma_latency", "_last_decrease", "_max_window", "_recent",
                  "_refused", "_tripped_at", "cooldown_until", "cooldowns", "failures",
-                 "out_for", "out_until", "pause_began", "paused_until", "pauses", "probing",
-                 "threshold", "throttled", "window")
+                 "out_for", "out_until", "out_why", "pause_began", "paused_until", "pauses",
+                 "probing", "threshold", "throttled", "window")
 
     def __init__(self, max_window: int, *, threshold: int = 5) -> None:
         self._max_window = float(max(1, max_window))
@@ -76,6 +77,7 @@ class Health:
         self.pause_began = -1e9
         self.out_until = 0.0
         self.out_for = 0.0
+        self.out_why: str | None = None
         self.probing = False
         self._cooldown = 1.0
         self._tripped_at = -1e9
@@ -126,6 +128,11 @@ class Health:
     def out(self, now: float) -> bool:
         """Told to wait past the cap: not used at all until then."""
         return now < self.out_until
+
+    def leave(self, why: str) -> None:
+        """Out for the rest of the run (a spent quota), saying why."""
+        self.out_until = float("inf")
+        self.out_why = why
 
     def available_at(self) -> float:
         """When a cooling or paused endpoint may take a request again."""

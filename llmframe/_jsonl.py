@@ -10,7 +10,8 @@ kept, verbatim, under ``request`` — so an input field named ``index``, ``statu
 ``error`` or anything else can never be overwritten::
 
     save:   {"index": 7, "request": {...the input line...}, "response": ..., "attempts": 1,
-             "endpoint": ..., "latency_ms": ..., "finish_reason": ..., "usage": {...}}
+             "endpoint": ..., "latency_ms": ..., "finish_reason": ..., "usage": {...},
+             "cost_usd": ...}
     errors: {"index": 7, "input": ..., "request": {...}, "error": ..., "error_type": ...,
              "status": ..., "attempts": ..., "endpoint": ...}
 
@@ -111,10 +112,16 @@ def success_record(result: Result) -> dict[str, Any]:
     if result.finish_reason is not None:
         record["finish_reason"] = result.finish_reason
     if result.prompt_tokens is not None or result.completion_tokens is not None:
-        record["usage"] = {
+        usage = record["usage"] = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }
+        if result.cached_tokens is not None:
+            usage["cached_tokens"] = result.cached_tokens
+        if result.reasoning_tokens is not None:
+            usage["reasoning_tokens"] = result.reasoning_tokens
+    if result.cost_usd is not None:
+        record["cost_usd"] = result.cost_usd
     return record
 
 

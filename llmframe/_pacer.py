@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "TokenBucket"]
 
 _MIN_SLEEP = 0.001
 
@@ -71,3 +71,62 @@ class Pacer:
     async def acquire(self) -> None:
         while not self.try_acquire():
             await self._sleep(self.wait_time())
+
+
+class TokenBucket:
+    """Tokens per second, smooth, with debt — for ``tpm`` limits, where a request's cost is
+    only an estimate until its answer says (``usage``).
+
+    A request may go while the level is positive; it takes its estimated cost (the level
+    may go below zero); its answer settles the difference (a refund, or more debt). The
+    level refills at ``rate`` up to ``burst`` (1/100 s worth), so no second sees more than
+    ``rate`` tokens plus ``burst`` plus one request, and in steady state exactly ``rate``.
+
+    >>> b = TokenBucket(100.0)           # 6,000 tokens per minute
+    >>> b.ready(0.0); b.take(250, 0.0); b.ready(1.0)
+    True
+    False
+    >>> round(b.wait(1.0), 2)            # 149 tokens of debt left after 1 s: 1.49 s more
+    1.49
+    >>> b.settle(200); b.ready(1.0)      # the answer used 50: 200 come back
+    True
+    """
+
+    __slots__ = ("_last", "burst", "level", "rate")
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = float(rate)
+        self.burst = max(1.0, self.rate / 100) if burst is None else float(burst)
+        self.level = self.burst
+        self._last: float | None = None
+
+    def _refill(self, now: float) -> None:
+        last = self._last
+        if last is not None and now > last and self.level < self.burst:
+            self.level = min(self.burst, self.level + (now - last) * self.rate)
+        self._last = now
+
+    def ready(self, now: float) -> bool:
+        """A request may be sent now."""
+        self._refill(now)
+        return self.level > 0
+
+    def take(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self.level -= cost
+
+    def settle(self, delta: float) -> None:
+        """``delta`` = reserved - used: positive gives tokens back, negative adds debt."""
+        self.level = min(self.burst, self.level + delta) if delta > 0 else self.level + delta
+
+    def wait(self, now: float) -> float:
+        """Seconds until :meth:`ready` (0 if it is)."""
+        self._refill(now)
+        return 0.0 if self.level > 0 else (1e-6 - self.level) / self.rate
+
+    async def acquire(self, cost: float) -> None:
+        """Wait until ready, then take ``cost`` (the run-wide ``tpm``)."""
+        loop = asyncio.get_running_loop()
+        while not self.ready(loop.time()):
+            await asyncio.sleep(max(self.wait(loop.time()), _MIN_SLEEP))
+        self.take(cost, loop.time())

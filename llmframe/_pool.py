@@ -14,11 +14,15 @@ endpoint is out, :meth:`EndpointPool.out_reason` says why.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiolimiter import AsyncLimiter
 
 from ._balancer import SmoothWeightedRoundRobin
 from ._config import Endpoint, RunConfig
 from ._health import Health
+from ._pacer import TokenBucket
+from ._ratelimits import RateLimits
 from ._results import EndpointStats
 from ._retry import over_limit
 from ._transport import Transport, open_transport
@@ -36,8 +40,9 @@ def _endpoint_limiter(rps: float) -> AsyncLimiter:
 class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
-    __slots__ = ("endpoint", "headers", "health", "in_flight", "index", "key", "limiter",
-                 "model", "name", "stats", "timeout", "transport", "url")
+    __slots__ = ("endpoint", "headers", "health", "hold_until", "in_flight", "index", "key",
+                 "learn_rate", "learn_tokens", "limiter", "model", "name", "stats", "timeout",
+                 "tokens", "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -51,7 +56,11 @@ class Target:
             headers["Authorization"] = f"Bearer {self.key}"
         self.headers = headers
         self.timeout = endpoint.timeout or config.timeout
-        self.limiter = _endpoint_limiter(endpoint.rps) if endpoint.rps else None
+        rate = endpoint.request_rate
+        self.limiter = _endpoint_limiter(rate) if rate else None
+        self.tokens = TokenBucket(endpoint.tpm / 60) if endpoint.tpm else None
+        self.learn_rate, self.learn_tokens = rate is None, self.tokens is None
+        self.hold_until = 0.0  # the provider said none is left until then (headers)
         max_in_flight = min(endpoint.max_concurrency or 1 << 30, config.concurrency)
         self.health = Health(max_in_flight)
         self.in_flight = 0
@@ -59,9 +68,33 @@ class Target:
         self.transport: Transport
 
     def eligible(self, now: float, level: int = 0) -> bool:
-        if self.in_flight >= self.health.allowed(now, level):
+        if self.in_flight >= self.health.allowed(now, level) or now < self.hold_until:
+            return False
+        if self.tokens is not None and not self.tokens.ready(now):
             return False
         return self.limiter is None or self.limiter.has_capacity()
+
+    def observe(self, limits: RateLimits, need: int) -> None:
+        """Follow the provider's rate-limit headers: learn the limits not set (rpm, tpm),
+        and hold the endpoint until the reset when none is left."""
+        now = asyncio.get_running_loop().time()
+        if self.learn_rate and limits.limit_requests:
+            self.learn_rate = False
+            self.limiter = _endpoint_limiter(limits.limit_requests / 60)
+            self._learned(f"rpm {limits.limit_requests:,}")
+        if self.learn_tokens and limits.limit_tokens:
+            self.learn_tokens = False
+            self.tokens = TokenBucket(limits.limit_tokens / 60)
+            self._learned(f"tpm {limits.limit_tokens:,}")
+        if limits.remaining_requests == 0 and limits.reset_requests:
+            self.hold_until = max(self.hold_until, now + limits.reset_requests)
+        remaining = limits.remaining_tokens
+        if remaining is not None and remaining < max(need, 1) and limits.reset_tokens:
+            self.hold_until = max(self.hold_until, now + limits.reset_tokens)
+
+    def _learned(self, what: str) -> None:
+        note = self.stats.note
+        self.stats.note = f"{note}, {what}" if note else f"learned {what} from its headers"
 
 
 class EndpointPool:
@@ -106,10 +139,19 @@ class EndpointPool:
         """How long to wait when no endpoint can take a request: until the first cooldown
         or pause ends (a completion wakes the dispatcher sooner), or a few ms for rate."""
         live = [t for t in self.targets if not t.health.out(now)]
-        soonest = min((e for t in live if (e := t.health.available_at()) > now), default=0.0)
-        # an endpoint waiting for its own rate limiter has a token again within 1/rps
-        refill = min((1.0 / t.endpoint.rps for t in live if t.endpoint.rps), default=1.0)
-        return max(0.002, min(soonest - now, 1.0, refill)) if soonest else 0.002
+        soonest = min((e for t in live if (e := max(t.health.available_at(), t.hold_until))
+                       > now), default=None)
+        tokens = [t.tokens.wait(now) for t in live if t.tokens is not None]
+        if soonest is None and not any(tokens):
+            return 0.002
+        # an endpoint waiting for its own rate limiter has a token again within 1/rate
+        waits = [1.0, *(t.limiter.time_period / t.limiter.max_rate for t in live
+                        if t.limiter is not None)]
+        if soonest is not None:
+            waits.append(soonest - now)
+        if any(tokens):
+            waits.append(min(w for w in tokens if w > 0))
+        return max(0.002, min(waits))
 
     def elsewhere(self, target: Target, now: float) -> bool:
         """Another endpoint is healthy now (not out, cooling, paused, failing or mostly
@@ -126,6 +168,9 @@ class EndpointPool:
         """Why no endpoint can take a row within the cap (every one is out), else None."""
         if not all(t.health.out(now) for t in self.targets):
             return None
+        spent = [t for t in self.targets if t.health.out_why]
+        if len(spent) == len(self.targets):
+            return "; ".join(f"{t.health.out_why} at {t.name}" for t in spent)
         worst = min(self.targets, key=lambda t: t.health.out_until)
         return f"{over_limit(worst.health.out_for, self.max_retry_after)} ({worst.name})"
 

@@ -16,6 +16,7 @@ import orjson
 
 from ._json import dumps, loads
 from ._retry import AttemptError
+from ._tokens import Usage, parse_usage
 
 __all__ = ["Answer", "Prepared", "parse_response", "prepare"]
 
@@ -85,8 +86,7 @@ def encode(prepared: Prepared, model: str | None) -> bytes:
 class Answer:
     text: Any
     finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    usage: Usage | None = None
 
 
 def parse_response(api: str, data: bytes) -> Answer:
@@ -99,7 +99,7 @@ def parse_response(api: str, data: bytes) -> Answer:
             retryable=True, body=data[:200].decode("utf-8", "replace"),
         ) from None
     if api == "raw":
-        return Answer(doc, None, *_usage(doc))
+        return Answer(doc, None, parse_usage(doc))
     try:
         choice = doc["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
@@ -109,15 +109,7 @@ def parse_response(api: str, data: bytes) -> Answer:
             "invalid_response", "response has no choices[0] answer", status=200,
             retryable=True, body=data[:200].decode("utf-8", "replace"),
         ) from None
-    prompt_tokens, completion_tokens = _usage(doc)
-    return Answer(text, finish, prompt_tokens, completion_tokens)
-
-
-def _usage(doc: Any) -> tuple[int | None, int | None]:
-    usage = doc.get("usage") if isinstance(doc, dict) else None
-    if not isinstance(usage, dict):
-        return None, None
-    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Answer(text, finish, parse_usage(doc))
 
 
 def _json_type(value: Any) -> str:

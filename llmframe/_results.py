@@ -35,6 +35,9 @@ class Result:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -43,7 +46,8 @@ class Result:
 
 @dataclass(slots=True)
 class EndpointStats:
-    """Per-endpoint figures: attempts sent, answered, failed, cooldowns, 429s, latencies."""
+    """Per-endpoint figures: attempts sent, answered, failed, cooldowns, 429s, latencies,
+    tokens (as the answers' ``usage`` reports them) and spend (None: no prices)."""
 
     name: str
     weight: float = 1.0
@@ -52,8 +56,18 @@ class EndpointStats:
     failed_attempts: int = 0
     cooldowns: int = 0
     throttled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    note: str | None = None  # why the endpoint left the run, or what it learned
     latencies: list[float] = field(default_factory=list)
     _seen: int = 0
+
+    def record_usage(self, result: Result) -> None:
+        self.prompt_tokens += result.prompt_tokens or 0
+        self.completion_tokens += result.completion_tokens or 0
+        if result.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + result.cost_usd
 
     def record_latency(self, value: float) -> None:
         # reservoir sample: bounded memory on runs of millions of rows
@@ -71,12 +85,14 @@ class RunStats:
     """Counters a run keeps up to date; read them for progress and the final summary.
 
     ``rows`` read, ``ok`` answered, ``errors`` ended as errors, ``retries`` attempts after
-    the first, ``unfinished`` rows a stopped run left without a result, ``endpoints`` one
-    :class:`EndpointStats` each. ``str(stats)`` is the summary ``llmframe run`` prints.
+    the first, ``unfinished`` rows a stopped run left without a result, ``unsent`` rows
+    not even read because the run stopped (``stopped_by == "budget"``), ``endpoints`` one
+    :class:`EndpointStats` each; ``prompt_tokens``, ``completion_tokens`` and
+    ``cost_usd`` add them up. ``str(stats)`` is the summary ``llmframe run`` prints.
 
     >>> s = RunStats(rows=3, ok=2, errors=1)
-    >>> s.done, s.seconds
-    (3, 0.0)
+    >>> s.done, s.seconds, s.cost_usd
+    (3, 0.0, None)
     """
 
     rows: int = 0
@@ -88,6 +104,28 @@ class RunStats:
     started: float = 0.0
     finished: float = 0.0
     endpoints: list[EndpointStats] = field(default_factory=list)
+    unsent: int = 0
+    stopped_by: str | None = None
+    budget: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(e.prompt_tokens for e in self.endpoints)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(e.completion_tokens for e in self.endpoints)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Total spend in USD (None when no endpoint has prices)."""
+        costs = [e.cost_usd for e in self.endpoints if e.cost_usd is not None]
+        return sum(costs) if costs else None
+
+    @property
+    def not_sent(self) -> int:
+        """Rows a stopped run never sent: read but left (``unfinished``) plus never read."""
+        return self.unfinished + self.unsent
 
     @property
     def done(self) -> int:

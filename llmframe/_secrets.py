@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._json import dumps, loads
 
-__all__ = ["Secrets", "redact", "redact_url"]
+__all__ = ["Secrets", "looks_like_a_key", "redact", "redact_url"]
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;)\\]+")
 
@@ -77,3 +77,14 @@ class Secrets:
         if isinstance(answer, str):
             return self.redact(answer)
         return loads(self.redact(dumps(answer).decode()).encode())
+
+
+def looks_like_a_key(name: str) -> bool:
+    """Variable names are short or upper-case; a long mixed-case token is a key pasted in
+    the wrong place (never echo it back).
+
+    >>> looks_like_a_key("OPENAI_API_KEY"), looks_like_a_key("AIzaSyD3x9kQ0abcdefGHIJ")
+    (False, True)
+    """
+    return len(name) >= 20 and any(c.islower() for c in name) and any(
+        c.isdigit() for c in name)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ._results import RunStats
 
-__all__ = ["Progress", "format_summary"]
+__all__ = ["Progress", "format_summary", "spend_line", "usd"]
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -33,6 +33,9 @@ class EndpointLine:
     throttled: int
     p50_ms: float | None
     p95_ms: float | None
+    tokens: int = 0
+    cost_usd: float | None = None
+    note: str | None = None
 
 
 def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
@@ -43,8 +46,33 @@ def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
         lines.append(EndpointLine(
             ep.name, weight, ep.sent, ep.ok, ep.failed_attempts, ep.cooldowns, ep.throttled,
             None if p50 is None else p50 * 1000, None if p95 is None else p95 * 1000,
+            ep.prompt_tokens + ep.completion_tokens, ep.cost_usd, ep.note,
         ))
     return lines
+
+
+def usd(value: float | None) -> str:
+    """Dollars for people: ``$0.0123``, ``$12.35``, ``-`` for unknown.
+
+    >>> usd(0.012345), usd(12.345), usd(None)
+    ('$0.0123', '$12.35', '-')
+    """
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def spend_line(stats: RunStats) -> str | None:
+    """``tokens 1,200 in + 300 out, $0.0012 spent (budget $1.00)``, or None without usage."""
+    tokens_in, tokens_out = stats.prompt_tokens, stats.completion_tokens
+    if not tokens_in and not tokens_out and stats.cost_usd is None:
+        return None
+    line = f"tokens {tokens_in:,} in + {tokens_out:,} out"
+    if stats.cost_usd is not None or stats.budget is not None:
+        line += f", {usd(stats.cost_usd or 0.0)} spent"
+    if stats.budget is not None:
+        line += f" (budget {usd(stats.budget)})"
+    return line
 
 
 def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, str] | None = None,
@@ -54,28 +82,41 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
     # the loop clock has millisecond resolution: no rate for a run that sent nothing
     rate = f"{stats.done / elapsed:,.0f} rows/s" if elapsed >= 0.05 else "- rows/s"
     head = "interrupted after" if interrupted else "done:"
+    if stats.stopped_by == "budget":
+        head = "stopped by the budget after"
     out = [
         f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate}): "
         f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries"
         + (f", {stats.unfinished:,} not finished" if stats.unfinished else "")
     ]
+    spend = spend_line(stats)
+    if spend:
+        out.append(f"  {spend}")
     rows = endpoint_lines(stats, weights)
     if rows:
-        width = max(len(r.name) for r in rows)
-        out.append(f"  {'endpoint':<{width}}  weight  {'sent':>8}  {'ok':>8}  {'failed':>7}  "
-                   f"{'429s':>5}  {'cooldowns':>9}  {'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
-        total_ok = sum(r.ok for r in rows) or 1
-        for r in rows:
-            p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.1f}"
-            p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.1f}"
-            label = (labels or {}).get(r.name, "")
-            out.append(
-                f"  {r.name:<{width}}  {r.weight:>6g}  {r.sent:>8,}  {r.ok:>8,}  "
-                f"{r.failed_attempts:>7,}  {r.throttled:>5,}  {r.cooldowns:>9,}  "
-                f"{r.ok / total_ok:>6.1%}  {p50:>8}  {p95:>8}"
-                + (f"  {label}" if label else "")
-            )
+        out += _endpoint_table(rows, labels or {}, money=spend is not None)
     return "\n".join(out)
+
+
+def _endpoint_table(rows: list[EndpointLine], labels: dict[str, str], *, money: bool
+                    ) -> list[str]:
+    width = max(len(r.name) for r in rows)
+    extra = f"  {'tokens':>11}  {'USD':>9}" if money else ""
+    out = [f"  {'endpoint':<{width}}  weight  {'sent':>8}  {'ok':>8}  {'failed':>7}  "
+           f"{'429s':>5}  {'cooldowns':>9}  {'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}" + extra]
+    total_ok = sum(r.ok for r in rows) or 1
+    for r in rows:
+        p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.1f}"
+        p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.1f}"
+        notes = " ".join(x for x in (labels.get(r.name, ""), r.note or "") if x)
+        money_cols = f"  {r.tokens:>11,}  {usd(r.cost_usd):>9}" if money else ""
+        out.append(
+            f"  {r.name:<{width}}  {r.weight:>6g}  {r.sent:>8,}  {r.ok:>8,}  "
+            f"{r.failed_attempts:>7,}  {r.throttled:>5,}  {r.cooldowns:>9,}  "
+            f"{r.ok / total_ok:>6.1%}  {p50:>8}  {p95:>8}" + money_cols
+            + (f"  {notes}" if notes else "")
+        )
+    return out
 
 
 class Progress:
@@ -97,9 +138,14 @@ class Progress:
 
     def _postfix(self) -> None:
         s = self.stats
+        extra = {}
+        tokens = s.prompt_tokens + s.completion_tokens
+        if tokens:
+            extra["tokens"] = f"{tokens:,}"
+        if s.cost_usd is not None:
+            extra["spent"] = usd(s.cost_usd)
         self.bar.set_postfix(ok=str(s.ok), err=str(s.errors), retries=str(s.retries),
-                             inflight=str(s.in_flight),
-                             refresh=False)
+                             inflight=str(s.in_flight), **extra, refresh=False)
 
     def close(self) -> None:
         self._postfix()

@@ -39,15 +39,17 @@ _REPORT_EVERY = 0.25
 
 def shard_config(config: RunConfig, n: int) -> RunConfig:
     """The limits of one of ``n`` workers: together they add up to ``config``'s."""
+    def part(value: float | None) -> float | None:
+        return None if value is None else value / n
+
     endpoints = tuple(
-        replace(ep, rps=None if ep.rps is None else ep.rps / n,
+        replace(ep, rps=part(ep.rps), rpm=part(ep.rpm), tpm=part(ep.tpm),
                 max_concurrency=None if ep.max_concurrency is None
                 else math.ceil(ep.max_concurrency / n))
         for ep in config.endpoints
     )
-    return replace(config, endpoints=endpoints,
-                   rps=None if config.rps is None else config.rps / n,
-                   concurrency=math.ceil(config.concurrency / n))
+    return replace(config, endpoints=endpoints, rps=part(config.rps), tpm=part(config.tpm),
+                   budget=part(config.budget), concurrency=math.ceil(config.concurrency / n))
 
 
 class _Shard:
@@ -64,9 +66,10 @@ def _snapshot(stats: RunStats, final: bool, failure: str | None = None) -> dict[
     return {
         "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
         "in_flight": stats.in_flight, "final": final, "failure": failure,
-        "unfinished": stats.unfinished,
+        "unfinished": stats.unfinished, "unsent": stats.unsent, "stopped_by": stats.stopped_by,
         "endpoints": [(e.sent, e.ok, e.failed_attempts, e.cooldowns, e.throttled,
-                       e.latencies if final else None) for e in stats.endpoints],
+                       e.latencies if final else None, e.prompt_tokens, e.completion_tokens,
+                       e.cost_usd, e.note) for e in stats.endpoints],
     }
 
 
@@ -231,16 +234,24 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     stats.errors = sum(s["errors"] for s in values)
     stats.retries = sum(s["retries"] for s in values)
     stats.unfinished = sum(s["unfinished"] for s in values)
+    stats.unsent = sum(s["unsent"] for s in values)
+    stats.stopped_by = next((s["stopped_by"] for s in values if s["stopped_by"]), None)
     stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
+    stats.budget = config.budget
     eps = [EndpointStats(ep.name, ep.weight) for ep in config.endpoints]
     for snap in values:
-        for ep, (sent, ok, failed, cooldowns, throttled, latencies) in zip(
-                eps, snap["endpoints"], strict=False):
+        for ep, (sent, ok, failed, cooldowns, throttled, latencies, prompt, completion, cost,
+                 note) in zip(eps, snap["endpoints"], strict=False):
             ep.sent += sent
             ep.ok += ok
             ep.failed_attempts += failed
             ep.cooldowns += cooldowns
             ep.throttled += throttled
+            ep.prompt_tokens += prompt
+            ep.completion_tokens += completion
+            if cost is not None:
+                ep.cost_usd = (ep.cost_usd or 0.0) + cost
+            ep.note = ep.note or note
             if latencies:
                 ep.latencies.extend(latencies)
     stats.endpoints = eps

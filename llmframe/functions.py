@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,17 +24,19 @@ from ._checkpoint import Checkpoint, record_of
 from ._config import EndpointLike, RunConfig, run_config
 from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
+from ._files import budget_reached
 from ._json import loads
 from ._results import Result, Row, RunStats
 from ._runner import run_sync
-from ._summary import Progress
+from ._summary import Progress, format_summary
 
 __all__ = ["acomplete", "complete", "complete_expr", "recover"]
 
 RESULT_DTYPE = pl.Struct({"response": pl.String, "error": pl.String})
 _METADATA = {
     "attempts": pl.Int64, "endpoint": pl.String, "latency_ms": pl.Float64,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "finish_reason": pl.String,
+    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "cached_tokens": pl.Int64,
+    "reasoning_tokens": pl.Int64, "cost_usd": pl.Float64, "finish_reason": pl.String,
     "error_type": pl.String, "status": pl.Int64,
 }
 _last_partial: pl.DataFrame | None = None
@@ -44,6 +47,7 @@ class _Collected:
     """Per-row outputs, filled in place as results arrive (so an interrupt keeps them)."""
 
     n: int
+    stats: RunStats = field(default_factory=RunStats)
     response: list[str | None] = field(init=False)
     error: list[str | None] = field(init=False)
     meta: dict[str, list[Any]] = field(init=False)
@@ -113,7 +117,7 @@ def _row_label(index: int) -> str:
 
 async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, progress: bool,
                       out: _Collected, checkpoint: Checkpoint | None = None) -> None:
-    stats = RunStats()
+    stats = out.stats
     done = checkpoint.load() if checkpoint is not None else {}
     for record in done.values():
         out.restore(record)
@@ -136,6 +140,8 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
             checkpoint.close()
     finally:
         bar.close()
+    if progress and total > 0:  # the summary, under the bar (in Jupyter too)
+        print(format_summary(stats, [e.weight for e in stats.endpoints]), file=sys.stderr)
 
 
 def _frame_out(df: pl.DataFrame, out: _Collected, *, output: str, error: str,
@@ -203,7 +209,8 @@ def complete(
     Rows stay aligned with the input whatever order answers arrive in. ``error`` is null
     where the row succeeded. A null prompt sends nothing: its response and error are null.
     ``metadata=True`` adds attempts, endpoint, latency_ms, prompt_tokens, completion_tokens,
-    finish_reason, error_type, status. A column the call would add that the frame already
+    cached_tokens, reasoning_tokens, cost_usd (from the endpoint's prices), finish_reason,
+    error_type, status. A column the call would add that the frame already
     has is refused before anything is sent.
     Works in scripts and inside Jupyter's running loop (the run has its own loop in a
     worker thread). On Ctrl-C / kernel interrupt it stops promptly and raises
@@ -233,17 +240,28 @@ def complete(
         msg = (f"interrupted: {out.answered:,} of {len(series) - series.null_count():,} rows "
                "answered; the partial frame is in exc.partial and llmframe.recover()")
         raise Interrupted(msg, partial) from None
+    _check_budget(df, series, out, output=output, error=error, metadata=metadata)
     return _frame_out(df, out, output=output, error=error, metadata=metadata)
 
 
-def _interrupted_frame(df: pl.DataFrame, series: pl.Series, out: _Collected, **kw: Any
+def _interrupted_frame(df: pl.DataFrame, series: pl.Series, out: _Collected, *,
+                       why: str = "not answered: the run was interrupted", **kw: Any
                        ) -> pl.DataFrame:
     global _last_partial
     for i, text in enumerate(series.to_list()):
         if text is not None and out.response[i] is None and out.error[i] is None:
-            out.error[i] = "not answered: the run was interrupted"
+            out.error[i] = why
     _last_partial = _frame_out(df, out, **kw)
     return _last_partial
+
+
+def _check_budget(df: pl.DataFrame, series: pl.Series, out: _Collected, **kw: Any) -> None:
+    """A run the budget stopped raises BudgetReached with the partial frame."""
+    if out.stats.stopped_by != "budget":
+        return
+    partial = _interrupted_frame(df, series, out, why="not sent: stopped by the budget", **kw)
+    how = ("checkpoint= and a larger budget=" if out.stats.not_sent else "a larger budget=")
+    raise budget_reached(out.stats, partial, how)
 
 
 def recover() -> pl.DataFrame | None:
@@ -274,6 +292,7 @@ async def acomplete(
     except asyncio.CancelledError:
         _interrupted_frame(df, series, out, output=output, error=error, metadata=metadata)
         raise
+    _check_budget(df, series, out, output=output, error=error, metadata=metadata)
     return _frame_out(df, out, output=output, error=error, metadata=metadata)
 
 
@@ -289,8 +308,10 @@ def complete_expr(
     """``pl.col("prompt").llm.complete(...)``: a Struct ``{response, error}`` expression.
 
     Takes the same run options as :func:`complete`. The whole column is one run (one rate
-    limit, one progress bar). ``return_dtype`` is given to ``map_batches`` so polars never
-    calls the function on dummy data to learn the output type (which would send requests).
+    limit, one progress bar). When a ``budget`` stops it, the rows not sent have the error
+    "not sent: stopped by the budget" (an expression cannot raise with a partial frame).
+    ``return_dtype`` is given to ``map_batches`` so polars never calls the function on
+    dummy data to learn the output type (which would send requests).
     """
     _check(chunk_size, "response", "error")
     config = run_config(endpoints, config, **options)
@@ -299,6 +320,10 @@ def complete_expr(
         _check_strings(series)
         out = _Collected(len(series))
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
+        if out.stats.stopped_by == "budget":  # no frame to carry: the rows say it
+            for i, text in enumerate(series.to_list()):
+                if text is not None and out.response[i] is None and out.error[i] is None:
+                    out.error[i] = "not sent: stopped by the budget"
         return pl.Series(series.name, [
             {"response": r, "error": e} for r, e in zip(out.response, out.error, strict=True)
         ], dtype=RESULT_DTYPE)

@@ -42,7 +42,7 @@ def test_original_flags_work_verbatim(tmp_path, mock_server):
     for x in lines:
         assert x["response"] == f"echo: prompt {x['index']}" and x["request"]["meta"] == x["index"]
         assert x["attempts"] == 1 and x["endpoint"] == srv.url and x["latency_ms"] >= 0
-        assert x["usage"]["prompt_tokens"] == 3
+        assert x["usage"]["prompt_tokens"] == 9  # 2 words + 4 per message + 3
     assert "done: 50 of 50 rows" in proc.stderr
     errors = tmp_path / "req.errors.jsonl"  # next to the input by default
     assert errors.exists() and errors.read_text() == ""

@@ -10,7 +10,8 @@ def test_openai_sdk_talks_to_the_mock(mock_server):
         model="mock-model", messages=[{"role": "user", "content": "Hello there"}])
     assert chat.choices[0].message.content == "echo: Hello there"
     assert chat.choices[0].finish_reason == "stop"
-    assert chat.usage.prompt_tokens == 3
+    assert chat.usage.prompt_tokens == 9  # 2 words + 4 per message + 3
+    assert chat.usage.completion_tokens == 4  # echo : Hello there
     comp = client.completions.create(model="mock-model", prompt="Say hi")
     assert comp.choices[0].text == "echo: Say hi"
     assert [m.id for m in client.models.list()] == ["mock-model"]

@@ -40,7 +40,7 @@ def test_expression_column_nulls_and_metadata(two):
     assert out["err"].to_list() == [None, None, None]
     assert out["attempts"].to_list() == [1, None, 1]
     assert out["endpoint"].to_list() == [two[0].url, None, two[0].url]
-    assert out["latency_ms"][0] > 0 and out["prompt_tokens"].to_list() == [3, None, 3]
+    assert out["latency_ms"][0] > 0 and out["prompt_tokens"].to_list() == [9, None, 9]
     assert two[0].counts["requests"] == 2  # the null row sent nothing
 
 

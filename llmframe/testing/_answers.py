@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -9,7 +10,8 @@ import orjson
 if TYPE_CHECKING:
     from ._server import MockState
 
-__all__ = ["answer", "fault_reply", "prompt_of"]
+__all__ = ["answer", "count_tokens", "cut_tokens", "echo_auth", "fault_reply", "number",
+           "prompt_of", "request_doc"]
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
             405: b"Method Not Allowed", 429: b"Too Many Requests",
@@ -25,8 +27,12 @@ def _response(status: int, body: bytes, extra: bytes = b"", *, length: bool = Tr
     ))
 
 
-def _seconds(value: float) -> str:
-    """``value`` as a header number, verbatim: 86400 -> ``86400``, 0.3 -> ``0.3``."""
+def number(value: float) -> str:
+    """``value`` as a header number, verbatim: 86400 -> ``86400``, 0.3 -> ``0.3``.
+
+    >>> number(86400.0), number(0.25)
+    ('86400', '0.25')
+    """
     if value == int(value):
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
@@ -48,6 +54,32 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def echo_auth(doc: dict[str, Any], state: MockState, auth: str | None) -> None:
+    """With ``echo_auth``, append the Authorization header to the user messages (a
+    misbehaving server that echoes the key back)."""
+    if state.echo_auth and auth:
+        for m in doc.get("messages") or []:
+            if isinstance(m, dict) and m.get("role") == "user":
+                m["content"] = f"{_text_of(m.get('content'))} (Authorization: {auth})"
+
+
+def request_doc(body: bytes, doc: Any = None) -> tuple[Any, str | None]:
+    """``(doc, None)`` for a JSON object body (``doc`` if already parsed), else ``(None,
+    problem)``.
+
+    >>> request_doc(b'{"a": 1}'), request_doc(b"[1]"), request_doc(b"{no")
+    (({'a': 1}, None), (None, 'body must be a JSON object'), (None, 'body is not valid JSON'))
+    """
+    if doc is None:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None, "body is not valid JSON"
+    if not isinstance(doc, dict):
+        return None, "body must be a JSON object"
+    return doc, None
+
+
 def prompt_of(path: bytes, doc: Any) -> str | None:
     """The prompt of a request: the last user message (chat) or ``prompt`` (completions)."""
     if not isinstance(doc, dict):
@@ -64,33 +96,109 @@ def prompt_of(path: bytes, doc: Any) -> str | None:
     return None
 
 
-def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes]:
-    """Status and JSON body for one well-formed request (no faults)."""
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_ASCII_SPACE = bytes(i for i in range(128) if re.match(r"\s", chr(i)))
+_ASCII_PUNCT = bytes(i for i in range(128) if re.match(r"[^\w\s]", chr(i)))
+_ASCII_BLANK = bytes.maketrans(_ASCII_PUNCT + _ASCII_SPACE,
+                               b" " * (len(_ASCII_PUNCT) + len(_ASCII_SPACE)))
+
+
+def count_tokens(text: str) -> int:
+    """A tokenizer-like count: the matches of ``\\w+|[^\\w\\s]`` (words and single
+    punctuation marks; deliberately not chars/4).
+
+    >>> count_tokens("Hello, world!")
+    4
+    >>> count_tokens("echo: it's 3.5 km"), count_tokens("naïve — café")
+    (9, 3)
+    """
+    if text.isascii():  # the same count, 4x faster: punctuation marks plus word runs
+        raw = text.encode()
+        punct = len(raw) - len(raw.translate(None, _ASCII_PUNCT))
+        return punct + len(raw.translate(_ASCII_BLANK).split())
+    return len(_TOKEN.findall(text))
+
+
+def cut_tokens(text: str, n: int) -> str:
+    """``text`` up to the end of its ``n``-th token.
+
+    >>> cut_tokens("echo: Hello, world!", 3)
+    'echo: Hello'
+    >>> cut_tokens("echo: hi", 0)
+    ''
+    """
+    end = 0
+    for i, match in enumerate(_TOKEN.finditer(text), 1):
+        if i > n:
+            break
+        end = match.end()
+    return text[:end]
+
+
+def _cap(doc: dict[str, Any]) -> int | None:
+    """The request's limit on answer tokens (the smaller of ``max_tokens`` and
+    ``max_completion_tokens``); ValueError if one is not a non-negative integer."""
+    cap = None
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            msg = f"'{key}' must be a non-negative integer"
+            raise ValueError(msg)
+        cap = value if cap is None else min(cap, value)
+    return cap
+
+
+def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes, int]:
+    """Status, JSON body and total tokens (0 unless 200) for one well-formed request (no
+    faults). Usage is counted from the request; ``max_tokens`` cuts the answer
+    (``finish_reason`` ``length``)."""
     model = doc.get("model") or state.name
-    if path.endswith(b"/chat/completions"):
-        prompt = prompt_of(path, doc)
-        if prompt is None:
-            return 400, _error_body(400, "'messages' must be a non-empty list")
-        text = "echo: " + prompt
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": text}}
-        kind = "chat.completion"
+    chat = path.endswith(b"/chat/completions")
+    if chat:  # all message text, 4 per message and 3 to prime the answer (OpenAI's format)
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return 400, _error_body(400, "'messages' must be a non-empty list"), 0
+        prompt, prompt_tokens, user_tokens = "", 3 + 4 * len(messages), 0
+        for m in messages:
+            if isinstance(m, dict):
+                content = _text_of(m.get("content"))
+                n = count_tokens(content)
+                prompt_tokens += n
+                if m.get("role") == "user":  # the answer echoes the last one
+                    prompt, user_tokens = content, n
     elif path.endswith(b"/completions"):
         prompt = doc.get("prompt")
         if not isinstance(prompt, str):
-            return 400, _error_body(400, "'prompt' must be a string")
-        text = "echo: " + prompt
-        choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
-        kind = "text_completion"
+            return 400, _error_body(400, "'prompt' must be a string"), 0
+        prompt_tokens = user_tokens = count_tokens(prompt)
     else:
-        return 404, _error_body(404, "not found")
-    prompt_tokens = len(prompt.split()) + 1
+        return 404, _error_body(404, "not found"), 0
+    try:
+        cap = _cap(doc)
+    except ValueError as exc:
+        return 400, _error_body(400, str(exc)), 0
+    text = "echo: " + prompt
+    completion_tokens = 2 + user_tokens  # "echo", ":" and the prompt's own
+    finish = "stop"
+    if cap is not None and completion_tokens > cap:
+        text, completion_tokens, finish = cut_tokens(text, cap), cap, "length"
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens,
+                             "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish,
+                                  "message": {"role": "assistant", "content": text}}
+        usage["prompt_tokens_details"] = {"cached_tokens": 0}
+        usage["completion_tokens_details"] = {"reasoning_tokens": 0}
+    else:
+        choice = {"index": 0, "finish_reason": finish, "text": text, "logprobs": None}
     body = orjson.dumps({
-        "id": "mock-1", "object": kind, "created": 0, "model": model, "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": prompt_tokens + 1,
-                  "total_tokens": 2 * prompt_tokens + 1},
+        "id": "mock-1", "object": "chat.completion" if chat else "text_completion",
+        "created": 0, "model": model, "choices": [choice], "usage": usage,
     })
-    return 200, body
+    return 200, body, prompt_tokens + completion_tokens
 
 
 _NOT_GZIP = orjson.dumps({
@@ -114,7 +222,7 @@ def fault_reply(fault: str, state: MockState, auth: str | None) -> tuple[bytes |
     status = int(fault)
     extra = b""
     if status == 429 and state.retry_after is not None:
-        extra = b"Retry-After: " + _seconds(state.retry_after).encode() + b"\r\n"
+        extra = b"Retry-After: " + number(state.retry_after).encode() + b"\r\n"
     message = f"mock fault {status}"
     if state.echo_auth and auth:
         message += f" (Authorization: {auth})"

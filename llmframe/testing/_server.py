@@ -11,6 +11,8 @@ Latency is fixed or a random range; faults are drawn per request by rate, seeded
 ``Content-Encoding: gzip`` whose body is plain JSON) and ``badgzip_close`` (the same without
 Content-Length, delimited by closing the connection). ``first_fault`` answers the first
 request of each distinct prompt with one fault (e.g. every prompt's first attempt is a 429).
+Provider mode (``rpm``, ``tpm``, ``quota``, ``ratelimit_headers``) acts like a paid provider:
+token-bucket limits, rate-limit headers, a spent quota; see ``_provider``.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ from ._answers import (
     _MODELS,
     _error,
     _response,
-    _text_of,
     answer,
+    echo_auth,
     fault_reply,
     parse_head,
     prompt_of,
+    request_doc,
 )
+from ._provider import RateLimits, arrive, header_style, limit_headers, provider_stats
 
 __all__ = ["FAULTS", "MockServer", "MockState", "serve"]
 
 FAULTS = ("429", "500", "503", "drop", "hang", "malformed", "badgzip", "badgzip_close")
-
 
 
 class MockState:
@@ -59,6 +62,8 @@ class MockState:
         script: list[str | None] | None = None,
         first_fault: str | None = None,
         name: str = "mock",
+        rpm: float | None = None, tpm: float | None = None, window: float = 60.0,
+        ratelimit_headers: str | None = None, quota: int | None = None,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
@@ -88,6 +93,13 @@ class MockState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections: set[asyncio.BaseTransport] = set()
+        # provider mode (see _provider): token-bucket limits, rate-limit headers, a quota
+        self.ratelimit_headers = header_style(rpm, tpm, window, ratelimit_headers, quota)
+        self.quota = quota
+        self.provider = any(x is not None for x in (rpm, tpm, ratelimit_headers, quota))
+        self.limits = RateLimits.of(rpm, tpm, window)
+        self.tokens_by_second: Counter[int] = Counter()  # admitted tokens by arrival second
+        self.admitted: list[tuple[float, int]] = []  # (arrival, tokens) with record_arrivals
         self._cumulative = []
         total = 0.0
         for kind, rate in faults.items():
@@ -112,9 +124,12 @@ class MockState:
         return None
 
     def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "counts": dict(self.counts),
-                "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
-                "max_in_flight": self.max_in_flight}
+        out = {"name": self.name, "counts": dict(self.counts),
+               "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
+               "max_in_flight": self.max_in_flight}
+        if self.provider:
+            out["provider"] = provider_stats(self)
+        return out
 
 
 class _Protocol(asyncio.Protocol):
@@ -198,6 +213,12 @@ class _Protocol(asyncio.Protocol):
                 message += f" (got Authorization: {auth})"
             self._send(_error(401, message))
             return
+        payload = b""
+        if state.provider:
+            reply, payload = arrive(state, path, body, now, auth)
+            if reply is not None:
+                self._later(reply)
+                return
         doc: Any = None
         if state.first_fault is not None:
             try:
@@ -215,24 +236,20 @@ class _Protocol(asyncio.Protocol):
             counts[fault] += 1
             self._fault(fault, auth)
             return
-        try:
-            if doc is None:
-                doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            counts["400"] += 1
-            self._send(_error(400, "body is not valid JSON"))
-            return
-        if not isinstance(doc, dict):
-            counts["400"] += 1
-            self._send(_error(400, "body must be a JSON object"))
-            return
-        if state.echo_auth and auth:  # a misbehaving server that echoes the key back
-            for m in doc.get("messages") or []:
-                if isinstance(m, dict) and m.get("role") == "user":
-                    m["content"] = f"{_text_of(m.get('content'))} (Authorization: {auth})"
-        status, payload = answer(path, doc, state)
+        status = 200
+        if not state.provider:  # provider mode answered at arrival (and admitted it)
+            doc, problem = request_doc(body, doc)
+            if problem is not None:
+                counts["400"] += 1
+                self._send(_error(400, problem))
+                return
+            echo_auth(doc, state, auth)
+            status, payload, tokens = answer(path, doc, state)
+            if status == 200 and state.record_arrivals:
+                state.admitted.append((now, tokens))
         counts["ok" if status == 200 else str(status)] += 1
-        self._later(_response(status, payload))
+        extra = limit_headers(state, now) if state.provider else b""
+        self._later(_response(status, payload, extra))
 
     def _later(self, data: bytes, close: bool = False) -> None:
         """Send ``data`` after the configured latency (then close the connection if asked)."""
@@ -291,7 +308,8 @@ class MockServer:
     (seconds, sent verbatim with 429s), ``seed``, ``require_key``
     (answer 401 unless ``Authorization: Bearer <key>``), ``echo_auth`` (echo the
     Authorization header in error bodies, as some misbehaving servers do), ``port`` (0 picks
-    a free one).
+    a free one). Provider mode: ``rpm``/``tpm`` (limits per minute; buckets hold ``window``
+    seconds' worth), ``ratelimit_headers`` (``openai``/``anthropic``), ``quota``.
     """
 
     def __init__(self, *, port: int = 0, host: str = "127.0.0.1",

@@ -1,0 +1,190 @@
+"""Tokens and money of one run: what a request should reserve before it is sent, what it
+used once answered, and the budget.
+
+- **Reservation** (for ``tpm`` limits): the prompt's estimated tokens plus the answer's.
+  The prompt is counted from the text of every message (``_tokens``: characters/4, or
+  tiktoken when asked for and available), then scaled by what the provider's own
+  ``usage`` showed so far (its tokenizer is not ours). The answer reserves ``max_tokens``
+  when the request sets it, else ``output_tokens`` (512) until answers arrive; then the
+  typical answer size seen (mean plus mean deviation, never above ``max_tokens``): a
+  reservation of the worst case on every request would leave most of a token limit
+  unused, and every answer settles the difference anyway.
+- **Budget**: a request is sent only if the spend so far, plus the worst-case cost of
+  the requests in flight, plus its own worst case (``max_tokens``, else the largest
+  answer seen or ``output_tokens``) stays within the budget. When it does not fit but
+  requests are in flight, the run waits for them (their real cost is usually lower);
+  when nothing is in flight, the budget is reached: the run stops sending.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ._config import Endpoint, RunConfig
+from ._pacer import TokenBucket
+from ._tokens import Usage, estimate_prompt_tokens, output_tokens, tiktoken_counter
+
+__all__ = ["Budget", "Gate", "Meter"]
+
+
+def _fast_chars(body: dict[str, Any]) -> int | None:
+    """Characters of a plain chat body (string contents only), or None for anything else."""
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return None
+    total = 0
+    for m in messages:
+        content = m.get("content") if type(m) is dict else None
+        if type(content) is not str or len(m) > 2:
+            return None
+        total += len(content)
+    return total
+
+
+class Meter:
+    """Token estimates of one run, learning from the answers' usage.
+
+    >>> from llmframe import RunConfig
+    >>> m = Meter(RunConfig(["http://a/v1"], output_tokens=100))
+    >>> body = {"messages": [{"role": "user", "content": "x" * 400}]}
+    >>> m.prompt_tokens(body), m.answer_cap(body), m.tokens(107, None)   # 100 + 4 + 3
+    (107, None, 207)
+    >>> m.learn(107, Usage(prompt_tokens=214, completion_tokens=10))
+    >>> m.tokens(107, None)               # the provider counts twice as many; answers are 10
+    224
+    """
+
+    __slots__ = ("_count", "_dev", "_out", "default_out", "ratio", "seen", "worst_out")
+
+    def __init__(self, config: RunConfig, note: Callable[[str], None] | None = None) -> None:
+        self.default_out = config.output_tokens
+        self._count: Callable[[str], int] | None = None
+        if config.tokenizer == "tiktoken":
+            self._count = tiktoken_counter()
+            if self._count is None and note is not None:
+                note("tokenizer='tiktoken': tiktoken or its encoding file is not on this "
+                     "machine (it is never downloaded during a run); counting characters/4")
+        self.ratio = 1.0
+        self._out: float | None = None
+        self._dev = 0.0
+        self.worst_out = 0
+        self.seen = 0
+
+    def prompt_tokens(self, body: dict[str, Any]) -> int:
+        """Our own count of a request's prompt tokens (before scaling)."""
+        if self._count is None:
+            chars = _fast_chars(body)
+            if chars is not None:
+                return -(-chars // 4) + 4 * len(body["messages"]) + 3
+        return estimate_prompt_tokens(body, self._count)
+
+    @staticmethod
+    def answer_cap(body: dict[str, Any]) -> int | None:
+        """The request's own limit on answer tokens (``max_tokens`` and kin), if any."""
+        cap = output_tokens(body, 0)
+        return cap or None
+
+    def expected_out(self, cap: int | None) -> int:
+        if self._out is None:
+            return cap or self.default_out
+        typical = math.ceil(self._out + self._dev)
+        return min(cap, typical) if cap else typical
+
+    def worst_case_out(self, cap: int | None) -> int:
+        return cap or max(self.default_out, self.worst_out)
+
+    def tokens(self, prompt: int, cap: int | None) -> int:
+        """Tokens to reserve for a request whose prompt we counted as ``prompt``."""
+        return math.ceil(prompt * self.ratio) + self.expected_out(cap)
+
+    def learn(self, prompt: int, usage: Usage) -> None:
+        """Fold one answer's usage into the estimates."""
+        self.seen += 1
+        alpha = max(0.05, 1.0 / self.seen)
+        if usage.prompt_tokens and prompt > 0:
+            self.ratio += alpha * (usage.prompt_tokens / prompt - self.ratio)
+        out = usage.completion_tokens
+        if out is not None:
+            self.worst_out = max(self.worst_out, out)
+            if self._out is None:
+                self._out = float(out)
+            else:
+                self._dev += alpha * (abs(out - self._out) - self._dev)
+                self._out += alpha * (out - self._out)
+
+
+class Budget:
+    """The run's spend against ``limit`` USD.
+
+    >>> b = Budget(1.0)
+    >>> b.fits(0.6), b.reserve(0.6), b.fits(0.6)
+    (True, None, False)
+    >>> b.release(0.6, spent=0.2); b.fits(0.6), b.spent
+    (True, 0.2)
+    """
+
+    __slots__ = ("in_flight", "limit", "reserved", "spent")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.in_flight = 0
+
+    def fits(self, cost: float) -> bool:
+        return self.spent + self.reserved + cost <= self.limit * (1 + 1e-12)
+
+    def reserve(self, cost: float) -> None:
+        self.reserved += cost
+        self.in_flight += 1
+
+    def release(self, cost: float, spent: float | None) -> None:
+        self.reserved = max(0.0, self.reserved - cost)
+        self.in_flight -= 1
+        if spent:
+            self.spent += spent
+
+
+def worst_cost(endpoint: Endpoint, meter: Meter, prompt: int, cap: int | None) -> float:
+    """The most one request could cost at ``endpoint`` (for the budget)."""
+    tokens_in = math.ceil(prompt * max(meter.ratio, 1.0))
+    return endpoint.cost(tokens_in, meter.worst_case_out(cap)) or 0.0
+
+
+class Gate:
+    """The run-wide token and money limits a request passes before it is sent: the
+    global ``tpm`` bucket, the budget, and the estimates both need."""
+
+    __slots__ = ("budget", "meter", "tokens")
+
+    def __init__(self, config: RunConfig) -> None:
+        self.tokens = TokenBucket(config.tpm / 60) if config.tpm else None
+        self.meter = Meter(config)
+        self.budget = Budget(config.budget) if config.budget is not None else None
+
+    def metered(self, targets: Any) -> bool:
+        """Requests need a token estimate: a token limit (set or learned) or a budget."""
+        return (self.tokens is not None or self.budget is not None
+                or any(t.tokens is not None for t in targets))
+
+    def measure(self, job: Any) -> None:
+        """Count the job's prompt (once) and set the tokens to reserve for its attempt."""
+        meter = self.meter
+        if job.prompt < 0:
+            body = job.prepared.body
+            job.prompt, job.cap = meter.prompt_tokens(body), meter.answer_cap(body)
+        job.tokens = meter.tokens(job.prompt, job.cap)
+
+    def afford(self, job: Any, endpoint: Endpoint) -> bool:
+        """Reserve the job's worst-case cost at ``endpoint`` if the budget allows it."""
+        budget = self.budget
+        if budget is None:
+            return True
+        cost = worst_cost(endpoint, self.meter, job.prompt, job.cap)
+        if not budget.fits(cost):
+            return False
+        budget.reserve(cost)
+        job.cost = cost
+        return True
