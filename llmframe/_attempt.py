@@ -64,7 +64,7 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
         status, headers, data = await target.transport.post(body)
         limits = parse_rate_limits(headers)
         if limits is not None:
-            target.observe(limits, job.tokens)
+            target.observe(limits, job.tokens, asyncio.get_running_loop().time())
     except TransportError as exc:
         return AttemptError(_KINDS[exc.kind], secrets.redact(str(exc)) or exc.kind,
                             retryable=True)

@@ -14,8 +14,6 @@ endpoint is out, :meth:`EndpointPool.out_reason` says why.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiolimiter import AsyncLimiter
 
 from ._balancer import SmoothWeightedRoundRobin
@@ -74,10 +72,10 @@ class Target:
             return False
         return self.limiter is None or self.limiter.has_capacity()
 
-    def observe(self, limits: RateLimits, need: int) -> None:
+    def observe(self, limits: RateLimits, need: int, now: float) -> None:
         """Follow the provider's rate-limit headers: learn the limits not set (rpm, tpm),
-        and hold the endpoint until the reset when none is left."""
-        now = asyncio.get_running_loop().time()
+        and hold the endpoint until the reset when none is left (``need``: the tokens a
+        request reserves)."""
         if self.learn_rate and limits.limit_requests:
             self.learn_rate = False
             self.limiter = _endpoint_limiter(limits.limit_requests / 60)
@@ -93,8 +91,10 @@ class Target:
             self.hold_until = max(self.hold_until, now + limits.reset_tokens)
 
     def _learned(self, what: str) -> None:
+        tail = " from its headers"
         note = self.stats.note
-        self.stats.note = f"{note}, {what}" if note else f"learned {what} from its headers"
+        known = note[:-len(tail)] + ", " if note and note.endswith(tail) else "learned "
+        self.stats.note = f"{known}{what}{tail}"
 
 
 class EndpointPool:

@@ -1,8 +1,9 @@
 """The ``llmframe`` command line.
 
 Exit codes of ``llmframe run``: 0 every row answered; 1 some rows ended as errors (see the
-errors file); 2 bad usage or configuration (nothing was sent); 130 interrupted by Ctrl-C
-(SIGINT), 143 stopped by SIGTERM — finished rows are saved; rerun with --resume.
+errors file); 2 bad usage or configuration (nothing was sent); 3 stopped by the budget;
+130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM — finished rows are saved; rerun
+with --resume.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import orjson
 
 from . import __version__
 from ._config import Endpoint, coerce_endpoints, parse_endpoint_spec
-from ._exceptions import ConfigError, InputFileError, Interrupted, StoreError, WorkerError
+from ._exceptions import (
+    BudgetReached,
+    ConfigError,
+    InputFileError,
+    Interrupted,
+    StoreError,
+    WorkerError,
+)
 from ._files import default_paths, run_file
 from ._json import loads
 from ._summary import format_summary
 
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class UsageProblem(click.ClickException):
@@ -82,13 +91,15 @@ def cli() -> None:
 @click.option("--requests_filepath", "requests_alias", type=click.Path(path_type=Path),
               help="Same as REQUESTS (the original tool's flag).")
 @click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
-              help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,"
-                   "concurrency=N. Repeat for several.")
+              help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,"
+                   "tpm=N,concurrency=N,timeout=S,price_in=USD,price_out=USD (prices per 1M "
+                   "tokens). Repeat for several.")
 @click.option("--request_url", "request_urls", multiple=True, hidden=True,
               help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
               help="TOML file with a list of [[endpoints]] tables (url, weight, model, "
-                   "api_key_env, rps, max_concurrency, timeout, headers).")
+                   "api_key_env, rps, rpm, tpm, max_concurrency, timeout, price_in, price_out, "
+                   "headers).")
 @click.option("--mock", type=click.IntRange(min=1, max=64), default=None, metavar="N",
               help="Start N local test endpoints (weights 1..N) in this process and use them.")
 @click.option("--mock-latency", default="0.02,0.2", metavar="S[,S2]", show_default=True,
@@ -98,6 +109,18 @@ def cli() -> None:
 @click.option("--rps", "--max_requests_per_second", "rps", type=float, default=500.0,
               help="Global limit on requests per second (retries included).")
 @click.option("--concurrency", type=int, default=256, help="Global limit on requests in flight.")
+@click.option("--tpm", type=float, default=None,
+              help="Global limit on tokens per minute (prompt + answer, as the answers' usage "
+                   "counts them); endpoints may have their own tpm=/rpm=.")
+@click.option("--budget", type=float, default=None, metavar="USD",
+              help="Stop sending before the spend would pass USD (needs price_in/price_out on "
+                   "every endpoint); exit code 3, rerun with --resume and a larger --budget.")
+@click.option("--output-tokens", type=int, default=512,
+              help="Answer tokens reserved per request that sets no max_tokens, until answers "
+                   "show the real size (token limits, budget, --dry-run).")
+@click.option("--dry-run", is_flag=True,
+              help="Read the whole file and report rows, invalid rows, tokens, cost per "
+                   "endpoint and time at the limits; send and write nothing.")
 @click.option("--max-attempts", "--max_attempts", "max_attempts", type=int, default=5,
               help="Attempts per row, the first included.")
 @click.option("--save", "--save_filepath", "save", type=click.Path(path_type=Path),
@@ -130,7 +153,9 @@ def cli() -> None:
 def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tuple[str, ...],
         request_urls: tuple[str, ...], endpoints_file: Path | None, mock: int | None,
         mock_latency: str, mock_faults: str,
-        rps: float, concurrency: int, max_attempts: int, save: Path | None, errors: Path | None,
+        rps: float, concurrency: int, tpm: float | None, budget: float | None,
+        output_tokens: int, dry_run: bool,
+        max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
         max_tokens: int | None, timeout: float, resume: bool, retry_errors: bool,
         overwrite: bool, grace: float, workers: int, progress: bool | None) -> None:
@@ -148,9 +173,14 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     result; safe after a crash or kill -9), --retry-errors, or --overwrite.
 
     \b
+    \b
+    Paid providers: -e url=https://api.openai.com/v1,key_env=OPENAI_API_KEY,tpm=30000,
+    rpm=500,price_in=0.15,price_out=0.6 --budget 5 (see --dry-run first).
+
+    \b
     Exit codes: 0 all rows ok; 1 some rows ended as errors; 2 bad usage or configuration
-    (nothing sent); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): finished rows are
-    saved, rerun with --resume.
+    (nothing sent); 3 stopped by the budget; 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM): finished rows are saved, rerun with --resume.
     """
     if requests and requests_alias and requests != requests_alias:
         msg = "give the requests file once: REQUESTS or --requests_filepath"
@@ -185,7 +215,10 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                        "(not a real LLM: answers echo the prompt)", err=True)
         options = {"rps": rps, "concurrency": concurrency, "max_attempts": max_attempts,
                    "timeout": timeout, "api": api, "model": model, "system": system,
-                   "params": body_params}
+                   "params": body_params, "tpm": tpm, "budget": budget,
+                   "output_tokens": output_tokens}
+        if dry_run:
+            sys.exit(_dry_run(path, endpoints, options))
         code = _run(path, endpoints, options, labels, save=save, errors=errors,
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
                     workers=workers, progress=progress, grace=grace)
@@ -205,11 +238,13 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
         click.echo(f"llmframe: {text}", err=True)
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    interrupted = False
+    interrupted, stopped = False, None
     try:
         stats = run_file(path, endpoints=endpoints, on_note=note, **options, **kwargs)
     except Interrupted as exc:
         interrupted, stats = True, exc.partial
+    except BudgetReached as exc:
+        stats, stopped = exc.partial, str(exc)
     except (ConfigError, InputFileError) as exc:
         raise UsageProblem(str(exc)) from None
     except (StoreError, WorkerError) as exc:
@@ -231,7 +266,22 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
         click.echo("  not finished: rerun the same command with --resume to send the rest",
                    err=True)
         return EXIT_TERMINATED if signal.SIGTERM in signals else EXIT_INTERRUPTED
+    if stopped is not None:
+        click.echo(f"llmframe: {stopped}", err=True)
+        return EXIT_BUDGET
     return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
+
+
+def _dry_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any]) -> int:
+    """``--dry-run``: print the estimate; nothing is sent or written."""
+    from ._estimate import estimate
+
+    try:
+        report = estimate(path, endpoints=endpoints, **options)
+    except (ConfigError, InputFileError) as exc:
+        raise UsageProblem(str(exc)) from None
+    click.echo(str(report))
+    return EXIT_OK
 
 
 def _parse_latency(text: str) -> float | tuple[float, float]:
@@ -273,15 +323,32 @@ def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
               help="Answer the first request of each distinct prompt with this fault (e.g. 429); "
                    "later requests with that prompt go on as usual.")
 @click.option("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429.")
+@click.option("--rpm", type=float, default=None,
+              help="Provider mode: requests per minute, a bucket holding --window seconds' "
+                   "worth; over it, 429 with Retry-After.")
+@click.option("--tpm", type=float, default=None,
+              help="Provider mode: tokens per minute (each answer's prompt + completion "
+                   "tokens, charged at arrival); same kind of bucket.")
+@click.option("--window", type=float, default=60.0,
+              help="Seconds' worth of --rpm/--tpm the buckets hold (the burst); the refill "
+                   "stays limit/60 per second. 1-2 s makes limits bite quickly.")
+@click.option("--ratelimit-headers", type=click.Choice(["openai", "anthropic"]), default=None,
+              help="Rate-limit header style on answers (default openai with --rpm/--tpm).")
+@click.option("--quota", type=click.IntRange(min=0), default=None,
+              help="Provider mode: after this many answers, every POST gets 429 "
+                   "insufficient_quota (no Retry-After).")
 @click.option("--seed", type=int, default=0)
 @click.option("--require-key", envvar="LLMFRAME_MOCK_KEY", default=None,
               help="Answer 401 unless this bearer key is sent (env LLMFRAME_MOCK_KEY).")
 def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
-               first_fault: str | None, retry_after: float, seed: int,
-               require_key: str | None) -> None:
+               first_fault: str | None, retry_after: float, rpm: float | None,
+               tpm: float | None, window: float, ratelimit_headers: str | None,
+               quota: int | None, seed: int, require_key: str | None) -> None:
     """Serve a local OpenAI-compatible test endpoint until interrupted.
 
-    Answers are "echo: <prompt>"; /v1/models and /v1/_stats (counters) are served too.
+    Answers are "echo: <prompt>" with usage; /v1/models and /v1/_stats (counters) are
+    served too. Provider mode (--rpm, --tpm, --quota) acts like a paid provider: limits
+    with x-ratelimit-* headers and 429 + Retry-After, and a quota that runs out.
     """
     import asyncio
 
@@ -295,7 +362,8 @@ def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
             kind, _, rate = f.partition("=")
             rates[kind] = float(rate)
         state = MockState(latency=lat, faults=rates, retry_after=retry_after, seed=seed,
-                          require_key=require_key, first_fault=first_fault)
+                          require_key=require_key, first_fault=first_fault, rpm=rpm, tpm=tpm,
+                          window=window, ratelimit_headers=ratelimit_headers, quota=quota)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     loop = new_event_loop()

@@ -50,7 +50,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return "".join(t for p in content
+                       if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     return ""
 
 
