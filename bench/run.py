@@ -157,8 +157,9 @@ def main() -> None:
     results: list[Figures] = []
     timeout = 600
 
-    def llmframe_cmd(req: Path, out: Path, rps: float, conc: int, workers: int) -> list[str]:
-        cmd = [PY, "-m", "llmframe", "run", str(req), "-e", "{url}", "--rps", str(rps),
+    def llmframe_cmd(req: Path, out: Path, rps: float, conc: int, workers: int,
+                     spec: str = "{url}") -> list[str]:
+        cmd = [PY, "-m", "llmframe", "run", str(req), "-e", spec, "--rps", str(rps),
                "--concurrency", str(conc), "--save", str(out), "--errors",
                str(out.with_suffix(".err")), "--no-progress", "--timeout", "30"]
         return cmd + (["--workers", str(workers)] if workers > 1 else [])
@@ -174,6 +175,9 @@ def main() -> None:
         ("llmframe run", llmframe_cmd(req0, tmp / "l0.out", 1e6, 256, 1)),
         (f"llmframe run --workers {args.workers}",
          llmframe_cmd(req0, tmp / "w0.out", 1e6, 256, args.workers)),
+        # token accounting on (estimate, buckets, settling), limits too high to bind
+        ("llmframe run, tpm set", [*llmframe_cmd(req0, tmp / "t0.out", 1e6, 256, 1,
+                                                 "url={url},tpm=1e12"), "--tpm", "1e12"]),
     ]:
         out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
         results.append(measure("latency 0", client, cmd, 0.0, args.n0, out, timeout))
@@ -254,6 +258,13 @@ def _print_table(results: list[Figures], polars: dict[str, float]) -> None:
         print(f"{r.scenario:<16} {r.client:<28} {r.requests:>9,} {r.steady_rps:>12,.0f} "
               f"{r.overall_rps:>13,.0f} {r.client_cpu_us:>17,.1f} {r.client_rss_mb:>11,.1f} "
               f"{r.server_cpu_us:>19,.1f}")
+    by = {(r.scenario, r.client): r for r in results}
+    plain = by.get(("latency 0", "llmframe run"))
+    tpm = by.get(("latency 0", "llmframe run, tpm set"))
+    if plain and tpm and plain.client_cpu_us:
+        change = tpm.client_cpu_us / plain.client_cpu_us - 1
+        print(f"\ntoken limits on (tpm set, not binding): client CPU {tpm.client_cpu_us:.1f} "
+              f"vs {plain.client_cpu_us:.1f} µs/req ({change:+.0%})")
     print(f"\npolars df.llm.complete vs the engine alone (latency 0, best of 3): "
           f"wall {polars['polars_wall']:.2f} vs {polars['engine_wall']:.2f} s "
           f"(ratio {polars['wall_ratio']:.3f}), CPU {polars['polars_cpu']:.2f} vs "

@@ -52,6 +52,7 @@ class Estimate:
     output_tokens: int = 0
     endpoints: list[EndpointEstimate] = field(default_factory=list)
     seconds: float | None = None
+    seconds_min: float | None = None
     output_default: int = 0
     output_defaulted: int = 0
 
@@ -80,6 +81,10 @@ class Estimate:
         out.append(f"  estimated cost: {total}")
         if self.seconds is None:
             out.append("  time: no rate or token limit set: bounded by latency and concurrency")
+        elif self.seconds_min is not None and self.seconds_min < self.seconds * 0.95:
+            out.append(f"  time: {_duration(self.seconds_min)} to {_duration(self.seconds)} at "
+                       "the configured limits (the longer if answers fill max_tokens), plus "
+                       "latency")
         else:
             out.append(f"  time: at least {_duration(self.seconds)} at the configured limits "
                        "(plus latency)")
@@ -134,21 +139,28 @@ def estimate_rows(rows: Iterable[Row], config: RunConfig, label: Any = None) -> 
 def _split(est: Estimate, config: RunConfig) -> None:
     endpoints = config.endpoints
     total_weight = sum(ep.weight for ep in endpoints)
-    tokens = est.input_tokens + est.output_tokens
-    bounds = [est.rows / config.rps if config.rps else 0.0,
-              tokens / (config.tpm / 60) if config.tpm else 0.0]
     for ep in endpoints:
         share = ep.weight / total_weight
         tokens_in, tokens_out = est.input_tokens * share, est.output_tokens * share
         est.endpoints.append(EndpointEstimate(
             ep.name, ep.weight, est.rows * share, tokens_in, tokens_out,
             ep.cost(tokens_in, tokens_out)))  # type: ignore[arg-type]
+    est.seconds = _seconds(est, config, est.input_tokens + est.output_tokens)
+    est.seconds_min = _seconds(est, config, est.input_tokens)
+
+
+def _seconds(est: Estimate, config: RunConfig, tokens: float) -> float | None:
+    """The least time the configured limits allow for ``est.rows`` requests and ``tokens``
+    (None when nothing is limited)."""
+    endpoints = config.endpoints
+    bounds = [est.rows / config.rps if config.rps else 0.0,
+              tokens / (config.tpm / 60) if config.tpm else 0.0]
     rates = [ep.request_rate for ep in endpoints]
     if all(rates):
         bounds.append(est.rows / sum(rates))  # type: ignore[arg-type]
     if all(ep.tpm for ep in endpoints):
         bounds.append(tokens / (sum(ep.tpm for ep in endpoints) / 60))  # type: ignore[misc]
-    est.seconds = max(bounds) if any(bounds) else None
+    return max(bounds) if any(bounds) else None
 
 
 def estimate(data: Any, column: str | None = None, *,

@@ -24,9 +24,13 @@ from typing import Any
 
 from ._config import Endpoint, RunConfig
 from ._pacer import TokenBucket
-from ._tokens import Usage, estimate_prompt_tokens, output_tokens, tiktoken_counter
+from ._tokens import estimate_prompt_tokens, output_tokens, tiktoken_counter
+from ._usage import Usage
 
 __all__ = ["Budget", "Gate", "Meter"]
+
+
+_CAP_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n"})
 
 
 def _fast_chars(body: dict[str, Any]) -> int | None:
@@ -83,6 +87,8 @@ class Meter:
     @staticmethod
     def answer_cap(body: dict[str, Any]) -> int | None:
         """The request's own limit on answer tokens (``max_tokens`` and kin), if any."""
+        if not _CAP_KEYS.intersection(body):
+            return None
         cap = output_tokens(body, 0)
         return cap or None
 
@@ -157,17 +163,19 @@ class Gate:
     """The run-wide token and money limits a request passes before it is sent: the
     global ``tpm`` bucket, the budget, and the estimates both need."""
 
-    __slots__ = ("budget", "meter", "tokens")
+    __slots__ = ("_on", "budget", "meter", "tokens")
 
     def __init__(self, config: RunConfig) -> None:
         self.tokens = TokenBucket(config.tpm / 60) if config.tpm else None
         self.meter = Meter(config)
         self.budget = Budget(config.budget) if config.budget is not None else None
+        self._on = self.tokens is not None or self.budget is not None
 
     def metered(self, targets: Any) -> bool:
         """Requests need a token estimate: a token limit (set or learned) or a budget."""
-        return (self.tokens is not None or self.budget is not None
-                or any(t.tokens is not None for t in targets))
+        if not self._on:  # once on, on for the run (a learned limit stays)
+            self._on = any(t.tokens is not None for t in targets)
+        return self._on
 
     def measure(self, job: Any) -> None:
         """Count the job's prompt (once) and set the tokens to reserve for its attempt."""

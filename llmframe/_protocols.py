@@ -16,7 +16,7 @@ import orjson
 
 from ._json import dumps, loads
 from ._retry import AttemptError
-from ._tokens import Usage, parse_usage
+from ._usage import Usage, parse_usage
 
 __all__ = ["Answer", "Prepared", "parse_response", "prepare"]
 

@@ -94,14 +94,15 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
         out.append(f"  {spend}")
     rows = endpoint_lines(stats, weights)
     if rows:
-        out += _endpoint_table(rows, labels or {}, money=spend is not None)
+        out += _endpoint_table(rows, labels or {}, tokens=spend is not None,
+                               money=stats.cost_usd is not None)
     return "\n".join(out)
 
 
-def _endpoint_table(rows: list[EndpointLine], labels: dict[str, str], *, money: bool
-                    ) -> list[str]:
+def _endpoint_table(rows: list[EndpointLine], labels: dict[str, str], *, tokens: bool,
+                    money: bool) -> list[str]:
     width = max(len(r.name) for r in rows)
-    extra = f"  {'tokens':>11}  {'USD':>9}" if money else ""
+    extra = (f"  {'tokens':>11}" if tokens else "") + (f"  {'USD':>9}" if money else "")
     out = [f"  {'endpoint':<{width}}  weight  {'sent':>8}  {'ok':>8}  {'failed':>7}  "
            f"{'429s':>5}  {'cooldowns':>9}  {'share':>6}  {'p50 ms':>8}  {'p95 ms':>8}" + extra]
     total_ok = sum(r.ok for r in rows) or 1
@@ -109,7 +110,8 @@ def _endpoint_table(rows: list[EndpointLine], labels: dict[str, str], *, money: 
         p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.1f}"
         p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.1f}"
         notes = " ".join(x for x in (labels.get(r.name, ""), r.note or "") if x)
-        money_cols = f"  {r.tokens:>11,}  {usd(r.cost_usd):>9}" if money else ""
+        money_cols = ((f"  {r.tokens:>11,}" if tokens else "")
+                      + (f"  {usd(r.cost_usd):>9}" if money else ""))
         out.append(
             f"  {r.name:<{width}}  {r.weight:>6g}  {r.sent:>8,}  {r.ok:>8,}  "
             f"{r.failed_attempts:>7,}  {r.throttled:>5,}  {r.cooldowns:>9,}  "

@@ -1,7 +1,7 @@
-"""Token estimates before a request and token usage after it: pure, never raising.
+"""Token estimates before a request: pure, never raising.
 
 A token-per-minute budget has to be charged before a request is sent, when only its body
-is known, and corrected when the answer's ``usage`` comes back. This module holds both ends:
+is known (and corrected when the answer's ``usage`` comes back: see ``_usage``):
 
 - :func:`request_text`: the text a provider counts in an OpenAI- or Anthropic-style body.
 - :func:`estimate_prompt_tokens`: that text counted (≈4 characters a token unless an exact
@@ -9,8 +9,6 @@ is known, and corrected when the answer's ``usage`` comes back. This module hold
 - :func:`output_tokens`: the output a request may use (``max_*tokens`` times ``n``).
 - :func:`tiktoken_counter`: exact counting when tiktoken and its encoding file are already
   on this machine; it never downloads.
-- :func:`parse_usage`: the ``usage`` of an OpenAI chat, OpenAI Responses or Anthropic
-  Messages answer, as one :class:`Usage`.
 
 Bodies come from users' rows: nothing here trusts a shape; odd values are skipped.
 """
@@ -24,14 +22,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["IMAGE_TOKENS", "REPLY_PRIMING", "TOKENS_PER_MESSAGE", "Usage",
-           "cached_encoding_file", "chars_tokens", "estimate_prompt_tokens", "output_tokens",
-           "parse_usage", "request_text", "tiktoken_counter"]
+__all__ = ["IMAGE_TOKENS", "REPLY_PRIMING", "TOKENS_PER_MESSAGE", "cached_encoding_file",
+           "chars_tokens", "estimate_prompt_tokens", "output_tokens", "request_text",
+           "tiktoken_counter"]
 
 TOKENS_PER_MESSAGE = 4  # OpenAI's cookbook: ~3 per message, plus 1 for the role
 REPLY_PRIMING = 3  # every chat reply is primed with <|start|>assistant<|message|>
@@ -308,87 +305,3 @@ def tiktoken_counter(encoding: str = "o200k_base") -> Callable[[str], int] | Non
         return len(encode(text, disallowed_special=()))
 
     return count
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """The tokens an answer reports; None where it did not say.
-
-    ``prompt_tokens`` includes cached and cache-written input; ``cached_tokens`` is the
-    part read from the cache. ``reasoning_tokens`` is part of ``completion_tokens``.
-
-    >>> Usage(10, 5).total, Usage(completion_tokens=5).total, Usage().total
-    (15, 5, None)
-    """
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
-
-    @property
-    def total(self) -> int | None:
-        """Prompt plus completion tokens, whichever are known."""
-        if self.prompt_tokens is None or self.completion_tokens is None:
-            return self.completion_tokens if self.prompt_tokens is None else self.prompt_tokens
-        return self.prompt_tokens + self.completion_tokens
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative int, or an integral float; None for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return None
-
-
-def _detail(usage: Mapping[str, Any], key: str, field: str) -> int | None:
-    details = usage.get(key)
-    return _count(details.get(field)) if isinstance(details, Mapping) else None
-
-
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
-
-
-def parse_usage(doc: Any) -> Usage | None:
-    """The ``usage`` of an answer (OpenAI chat or Responses, Anthropic), or None.
-
-    >>> parse_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 3,
-    ...                        "prompt_tokens_details": {"cached_tokens": 8}}})
-    Usage(prompt_tokens=12, completion_tokens=3, cached_tokens=8, reasoning_tokens=None)
-    >>> parse_usage({"usage": {"input_tokens": 5, "output_tokens": 7,
-    ...                        "cache_read_input_tokens": 100,
-    ...                        "cache_creation_input_tokens": 20}}).prompt_tokens
-    125
-    >>> parse_usage({"usage": {"prompt_tokens": "12"}}) is None
-    True
-    """
-    try:
-        usage = doc.get("usage") if isinstance(doc, Mapping) else None
-        if not isinstance(usage, Mapping):
-            return None
-        read = _count(usage.get("cache_read_input_tokens"))  # Anthropic
-        written = _count(usage.get("cache_creation_input_tokens"))
-        prompt = _count(usage.get("prompt_tokens"))
-        if prompt is None:
-            prompt = _count(usage.get("input_tokens"))
-            if prompt is not None:  # Anthropic's input_tokens leaves out cache reads/writes
-                prompt += (read or 0) + (written or 0)
-        found = Usage(
-            prompt_tokens=prompt,
-            completion_tokens=_first(_count(usage.get("completion_tokens")),
-                                     _count(usage.get("output_tokens"))),
-            cached_tokens=_first(_detail(usage, "prompt_tokens_details", "cached_tokens"),
-                                 _detail(usage, "input_tokens_details", "cached_tokens"),
-                                 read),
-            reasoning_tokens=_first(
-                _detail(usage, "completion_tokens_details", "reasoning_tokens"),
-                _detail(usage, "output_tokens_details", "reasoning_tokens")),
-        )
-    except Exception:
-        return None
-    if found == Usage():
-        return None
-    return found

@@ -13,15 +13,14 @@ import pytest
 from llmframe import _tokens
 from llmframe._tokens import (
     IMAGE_TOKENS,
-    Usage,
     cached_encoding_file,
     chars_tokens,
     estimate_prompt_tokens,
     output_tokens,
-    parse_usage,
     request_text,
     tiktoken_counter,
 )
+from llmframe._usage import Usage, parse_usage
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
