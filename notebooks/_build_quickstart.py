@@ -68,6 +68,37 @@ code("""small = pl.LazyFrame({"topic": ["tides", "volcanoes", None]})
 small.with_columns(
     answer=pl.format("One fact about {}", pl.col("topic")).llm.complete(endpoints=endpoints, progress=False)
 ).unnest("answer").collect()"""),
+md("""## Paid providers: limits, cost and a budget
+
+A provider-mode test endpoint acts like a paid API: a token and request limit with
+`x-ratelimit-*` headers (and 429s past them), `usage` in every answer. Give the endpoint its
+limits and prices; `llmframe.estimate` says what a run would send and cost before anything
+is sent."""),
+code("""paid = MockServer(tpm=120_000, rpm=3_000, window=2, latency=(0.02, 0.1), name="paid").start()
+priced = [{"url": paid.url, "tpm": 120_000, "rpm": 3_000, "price_in": 2.5, "price_out": 10.0}]
+sample = df.head(300)
+print(llmframe.estimate(sample, "input", endpoints=priced, params={"max_tokens": 32}))"""),
+md("A budget smaller than the whole job: the run stops sending before it would pass it, keeps what was answered, and says how many rows were not sent."),
+code("""try:
+    billed = sample.llm.complete("input", endpoints=priced, params={"max_tokens": 32},
+                                 budget=0.02, metadata=True)
+except llmframe.BudgetReached as stop:
+    print(stop)
+    billed = stop.partial
+spent = billed["cost_usd"].sum()
+print(f"spent ${spent:.4f} of $0.02 on {billed['cost_usd'].is_not_null().sum()} rows; "
+      f"refusals seen by the provider: {paid.counts['429']}")
+billed.select("input", "prompt_tokens", "completion_tokens", "cost_usd", "error").head(5)"""),
+code("""fig, ax = plt.subplots(figsize=(7, 3))
+answered = billed.filter(pl.col("cost_usd").is_not_null()).sort("index")
+ax.plot(answered["cost_usd"].cum_sum().to_numpy(), label="spend")
+ax.axhline(0.02, color="red", linestyle="--", label="budget")
+ax.set_xlabel("rows answered (input order)")
+ax.set_ylabel("USD")
+ax.set_title("Spend against the budget")
+ax.legend()
+plt.show()
+paid.stop()"""),
 code("""for srv in servers:
     srv.stop()
 print({names[s.url]: dict(s.counts) for s in servers})"""),

@@ -44,8 +44,16 @@ def test_quickstart_runs_and_shows_results():
     assert abs(shares["fast"] - 0.5) < 0.07 and abs(shares["medium"] - 1 / 3) < 0.07
     images = [o for c in nb.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
-    assert len(images) == 1  # the latency plot
+    assert len(images) == 2  # the latency plot, the spend against the budget
     assert "One fact about tides" in text
+    # the paid-provider part: an estimate, a budget that stops the run, spend under it
+    assert "dry run: 300 rows to send, 0 invalid" in text and "estimated cost: $" in text
+    found = re.search(r"stopped by the budget: (\d+) rows not sent", text)
+    assert found and 0 < int(found.group(1)) < 300, text
+    spent = re.search(r"spent \$([0-9.]+) of \$0.02 on (\d+) rows; refusals seen by the "
+                      r"provider: (\d+)", text)
+    assert spent and 0.015 < float(spent.group(1)) <= 0.02, text
+    assert int(spent.group(2)) + int(found.group(1)) == 300 and spent.group(3) == "0", text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 
