@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ._config import RunConfig
+from ._meter import worst_cost
 from ._pool import EndpointPool, Target
 from ._protocols import Answer, Prepared, encode, parse_response
 from ._ratelimits import parse_rate_limits, quota_spent
@@ -26,6 +27,8 @@ from ._transport import TransportError
 __all__ = ["Attempts", "Job", "send"]
 
 _BODY_EXCERPT = 300
+#: failures the provider may still bill (it may have answered): the budget charges them
+_MAYBE_BILLED = frozenset({"timeout", "invalid_response", "internal_error"})
 #: what each kind of transport failure is called in results
 _KINDS = {"connect": "connection_error", "protocol": "connection_error",
           "timeout": "timeout", "decode": "invalid_response"}
@@ -191,7 +194,13 @@ class Attempts:
                         bucket.settle(job.tokens - used)
             job.tokens = 0
         if job.cost:
-            gate.budget.release(job.cost, cost)
+            if isinstance(outcome, Answer) and outcome.usage is None:
+                gate.meter.unmetered()
+                cost = worst_cost(target.endpoint, gate.meter, job.prompt, job.cap)
+            # a failure that may be billed: its reservation is charged; a refusal or a
+            # request never delivered costs nothing
+            billed = isinstance(outcome, Answer) or outcome.kind in _MAYBE_BILLED
+            gate.budget.release(job.cost, cost if billed else 0.0)
             job.cost = 0.0
 
     def _failed(self, job: Job, target: Target, error: AttemptError, sent_at: float,

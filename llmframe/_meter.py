@@ -10,10 +10,17 @@ used once answered, and the budget.
   reservation of the worst case on every request would leave most of a token limit
   unused, and every answer settles the difference anyway.
 - **Budget**: a request is sent only if the spend so far, plus the worst-case cost of
-  the requests in flight, plus its own worst case (``max_tokens``, else the largest
-  answer seen or ``output_tokens``) stays within the budget. When it does not fit but
-  requests are in flight, the run waits for them (their real cost is usually lower);
-  when nothing is in flight, the budget is reached: the run stops sending.
+  the requests in flight, plus its own worst case (the prompt scaled by the highest
+  recent provider/estimate ratio, and ``max_tokens``, else the largest answer seen or
+  ``output_tokens``) stays within the budget. When it does not fit but requests are in
+  flight, the run waits for them (their real cost is usually lower); when nothing is in
+  flight, the budget is reached: the run stops sending. Until a few answers have shown
+  how the provider counts, the worst cases in flight may not exceed what was already
+  spent (one request at first, then doubling each round trip, like TCP's slow start): a
+  first wave of underestimated requests cannot overrun the budget. A timeout or an
+  unreadable answer is charged its worst case (it may be billed); a refusal (an HTTP
+  error) costs nothing. Answers without ``usage`` leave the estimate uncalibrated: their
+  prompts are then charged one token a character (4x the estimate) plus ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from ._usage import Usage
 __all__ = ["Budget", "Gate", "Meter"]
 
 
+_NO_USAGE_RATIO = 4.0  # characters/4 is the estimate: a token is at least one character
+_CALIBRATED = 16  # answers before the estimates are trusted (the budget's slow start)
 _CAP_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n"})
 
 
@@ -41,7 +50,7 @@ def _fast_chars(body: dict[str, Any]) -> int | None:
     total = 0
     for m in messages:
         content = m.get("content") if type(m) is dict else None
-        if type(content) is not str or len(m) > 2:
+        if type(content) is not str or len(m) > 2 or not content.isascii():
             return None
         total += len(content)
     return total
@@ -60,7 +69,8 @@ class Meter:
     224
     """
 
-    __slots__ = ("_count", "_dev", "_out", "default_out", "ratio", "seen", "worst_out")
+    __slots__ = ("_count", "_dev", "_out", "default_out", "ratio", "ratio_high", "seen",
+                 "worst_out")
 
     def __init__(self, config: RunConfig, note: Callable[[str], None] | None = None) -> None:
         self.default_out = config.output_tokens
@@ -71,6 +81,7 @@ class Meter:
                 note("tokenizer='tiktoken': tiktoken or its encoding file is not on this "
                      "machine (it is never downloaded during a run); counting characters/4")
         self.ratio = 1.0
+        self.ratio_high = 1.0  # a slowly decaying maximum of that ratio (for the budget)
         self._out: float | None = None
         self._dev = 0.0
         self.worst_out = 0
@@ -105,12 +116,19 @@ class Meter:
         """Tokens to reserve for a request whose prompt we counted as ``prompt``."""
         return math.ceil(prompt * self.ratio) + self.expected_out(cap)
 
+    def unmetered(self) -> None:
+        """An answer came without usage: from now on a prompt's worst case is one token a
+        character (four times the estimate), since nothing will say otherwise."""
+        self.ratio_high = max(self.ratio_high, _NO_USAGE_RATIO)
+
     def learn(self, prompt: int, usage: Usage) -> None:
         """Fold one answer's usage into the estimates."""
         self.seen += 1
         alpha = max(0.05, 1.0 / self.seen)
         if usage.prompt_tokens and prompt > 0:
-            self.ratio += alpha * (usage.prompt_tokens / prompt - self.ratio)
+            seen = usage.prompt_tokens / prompt
+            self.ratio += alpha * (seen - self.ratio)
+            self.ratio_high = max(seen, self.ratio_high + 0.02 * (seen - self.ratio_high))
         out = usage.completion_tokens
         if out is not None:
             self.worst_out = max(self.worst_out, out)
@@ -129,6 +147,8 @@ class Budget:
     (True, None, False)
     >>> b.release(0.6, spent=0.2); b.fits(0.6), b.spent
     (True, 0.2)
+    >>> b.reserve(0.3); b.release(0.3, spent=None); round(b.spent, 2)   # unknown: charged
+    0.5
     """
 
     __slots__ = ("in_flight", "limit", "reserved", "spent")
@@ -147,15 +167,16 @@ class Budget:
         self.in_flight += 1
 
     def release(self, cost: float, spent: float | None) -> None:
+        """A request ended: free its reservation ``cost``, and add what it ``spent``
+        (None: unknown, so its reservation is charged)."""
         self.reserved = max(0.0, self.reserved - cost)
         self.in_flight -= 1
-        if spent:
-            self.spent += spent
+        self.spent += cost if spent is None else spent
 
 
 def worst_cost(endpoint: Endpoint, meter: Meter, prompt: int, cap: int | None) -> float:
     """The most one request could cost at ``endpoint`` (for the budget)."""
-    tokens_in = math.ceil(prompt * max(meter.ratio, 1.0))
+    tokens_in = math.ceil(prompt * max(meter.ratio_high, 1.0))
     return endpoint.cost(tokens_in, meter.worst_case_out(cap)) or 0.0
 
 
@@ -193,6 +214,9 @@ class Gate:
         cost = worst_cost(endpoint, self.meter, job.prompt, job.cap)
         if not budget.fits(cost):
             return False
+        if (self.meter.seen < _CALIBRATED and budget.in_flight
+                and budget.reserved + cost > budget.spent):
+            return False  # slow start: the estimates are not calibrated yet
         budget.reserve(cost)
         job.cost = cost
         return True

@@ -26,13 +26,14 @@ from typing import Any
 
 import orjson
 
-__all__ = ["IMAGE_TOKENS", "REPLY_PRIMING", "TOKENS_PER_MESSAGE", "cached_encoding_file",
-           "chars_tokens", "estimate_prompt_tokens", "output_tokens", "request_text",
-           "tiktoken_counter"]
+__all__ = ["IMAGE_TOKENS", "IMAGE_TOKENS_HIGH", "REPLY_PRIMING", "TOKENS_PER_MESSAGE",
+           "cached_encoding_file", "chars_tokens", "estimate_prompt_tokens", "output_tokens",
+           "request_text", "tiktoken_counter"]
 
 TOKENS_PER_MESSAGE = 4  # OpenAI's cookbook: ~3 per message, plus 1 for the role
 REPLY_PRIMING = 3  # every chat reply is primed with <|start|>assistant<|message|>
-IMAGE_TOKENS = 85  # a rough floor: a low-detail image; high detail costs 85 + 170 a tile
+IMAGE_TOKENS = 85  # a low-detail image (OpenAI); high detail costs 85 + 170 a 512 px tile
+IMAGE_TOKENS_HIGH = 765  # a 1024 x 1024 image at high (or auto) detail: 85 + 4 x 170
 
 _IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 _MEDIA_TYPES = frozenset({"input_audio", "audio", "file", "input_file", "document"})
@@ -40,12 +41,16 @@ _MAX_DEPTH = 4
 
 
 def chars_tokens(text: str) -> int:
-    """A quick estimate: one token per 4 characters, rounded up.
+    """A quick estimate: one token per 4 characters, rounded up — and each extra UTF-8 byte
+    of a non-ASCII character counts half a token more, since tokenizers split those text
+    into far more tokens (Chinese or Japanese: about one a character, not a quarter).
 
-    >>> chars_tokens(""), chars_tokens("abcd"), chars_tokens("abcde")
-    (0, 1, 2)
+    >>> chars_tokens(""), chars_tokens("abcd"), chars_tokens("abcde"), chars_tokens("数据处理")
+    (0, 1, 2, 5)
     """
-    return -(-len(text) // 4)
+    if text.isascii():
+        return -(-len(text) // 4)
+    return -(-(len(text) + 2 * (len(text.encode("utf-8", "replace")) - len(text))) // 4)
 
 
 def _json(value: Any) -> str:
@@ -64,12 +69,13 @@ def _json(value: Any) -> str:
 class _Walk:
     """The text pieces, messages and images of one request body."""
 
-    __slots__ = ("images", "messages", "pieces")
+    __slots__ = ("images", "images_high", "messages", "pieces")
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.messages = 0
         self.images = 0
+        self.images_high = 0
 
     def content(self, value: Any, depth: int = 0) -> None:
         """Message content: a string, a list of parts, or one part."""
@@ -92,7 +98,13 @@ class _Walk:
             return
         kind = part.get("type")
         if kind in _IMAGE_TYPES or kind in _MEDIA_TYPES:
-            self.images += kind in _IMAGE_TYPES
+            if kind in _IMAGE_TYPES:
+                inner = part.get("image_url")
+                detail = inner.get("detail") if isinstance(inner, Mapping) else None
+                if (detail or part.get("detail")) == "low":
+                    self.images += 1
+                else:
+                    self.images_high += 1
             return
         text = part.get("text")
         if isinstance(text, str):
@@ -180,8 +192,9 @@ def estimate_prompt_tokens(body: Mapping[str, Any],
                            count: Callable[[str], int] | None = None) -> int:
     """Prompt tokens of a request: its :func:`request_text` counted by ``count`` (default:
     its characters, without the line breaks, over 4), plus :data:`TOKENS_PER_MESSAGE` a
-    message and :data:`REPLY_PRIMING` for a chat, plus :data:`IMAGE_TOKENS` an image part
-    (a rough floor: providers charge more for large or high-detail images).
+    message and :data:`REPLY_PRIMING` for a chat, plus :data:`IMAGE_TOKENS` a low-detail
+    image and :data:`IMAGE_TOKENS_HIGH` any other (providers charge by size: a large image
+    can cost more; the answers' usage corrects the estimate as the run goes).
 
     >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "Hello there"}]})
     10
@@ -189,13 +202,17 @@ def estimate_prompt_tokens(body: Mapping[str, Any],
     2
     """
     walk = _walk(body)
-    tokens = -(-sum(map(len, walk.pieces)) // 4)
+    pieces = walk.pieces
+    if all(p.isascii() for p in pieces):
+        tokens = -(-sum(map(len, pieces)) // 4)
+    else:
+        tokens = chars_tokens("".join(pieces))
     if count is not None:
         with suppress(Exception):  # a broken counter: characters it is
             tokens = int(count("\n".join(walk.pieces)))
     priming = REPLY_PRIMING if walk.messages else 0
     return max(tokens, 0) + TOKENS_PER_MESSAGE * walk.messages + priming \
-        + IMAGE_TOKENS * walk.images
+        + IMAGE_TOKENS * walk.images + IMAGE_TOKENS_HIGH * walk.images_high
 
 
 def _positive(value: Any) -> int | None:
