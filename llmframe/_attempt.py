@@ -178,14 +178,18 @@ class Attempts:
 
     def _settle(self, job: Job, target: Target, outcome: Answer | AttemptError,
                 cost: float | None) -> None:
-        """Settle the attempt's reservations: tokens against the answer's usage (a refused
-        request used none; a lost one keeps its estimate), the budget against its cost."""
+        """Settle the attempt's reservations: tokens against the answer's usage (without
+        one, against our count of the prompt and the answer; a refused request used none; a
+        lost one keeps its estimate), the budget against its cost."""
         gate = self.dispatcher.gate
         if job.tokens:
             if isinstance(outcome, Answer):
-                used = None if outcome.usage is None else outcome.usage.total
-                if outcome.usage is not None and job.prompt >= 0:
-                    gate.meter.learn(job.prompt, outcome.usage)
+                usage = outcome.usage
+                if usage is None:  # no usage: our own count of the answer, not the guess
+                    usage = gate.meter.guess_usage(job.prompt, outcome.text)
+                elif job.prompt >= 0:
+                    gate.meter.learn(job.prompt, usage)
+                used = usage.total
             else:
                 used = 0 if outcome.status is not None else None
             if used is not None:

@@ -102,6 +102,9 @@ class Endpoint:
                 _positive(name, getattr(self, name), where)
         for name in ("price_in", "price_out"):
             _price(name, getattr(self, name), where)
+        if (self.price_in is None) != (self.price_out is None):
+            msg = f"{where}: give price_in and price_out together (USD per 1M tokens)"
+            raise ConfigError(msg)
         if self.max_concurrency is not None:
             _positive("max_concurrency", self.max_concurrency, where, integer=True)
         if self.timeout is not None:

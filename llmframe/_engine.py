@@ -37,8 +37,9 @@ _FLUSH_EVERY = 1.0
 class _Run:
     def __init__(self, rows: Iterable[Row], config: RunConfig, stats: RunStats,
                  sink: Sink | None, on_result: Callable[[Result], None] | None,
-                 label: Callable[[int], str] | None = None) -> None:
+                 label: Callable[[int], str] | None = None, share: float = 1.0) -> None:
         self.rows = rows
+        self.share = share
         self.label = label
         self.config = config
         self.stats = stats
@@ -106,7 +107,7 @@ class _Run:
     # -- the run --------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[list[Result]]:
         loop = asyncio.get_running_loop()
-        self.pool = EndpointPool(self.config)
+        self.pool = EndpointPool(self.config, self.share)
         self.stats.endpoints = [t.stats for t in self.pool.targets]
         self.stats.budget = self.config.budget
         self.attempts = Attempts(self.config, self.pool, self.policy, Secrets(self.pool.keys),
@@ -195,6 +196,7 @@ async def stream_results(
     rows: Iterable[Row], config: RunConfig, stats: RunStats | None = None,
     control: RunControl | None = None, on_result: Callable[[Result], None] | None = None,
     *, sink: Sink | None = None, label: Callable[[int], str] | None = None,
+    share: float = 1.0,
 ) -> AsyncIterator[list[Result]]:
     """Send one request per row and yield batches of results as they complete.
 
@@ -206,7 +208,8 @@ async def stream_results(
     is batched; ``sink`` (optional, ``write``/``flush``) stores each result then too and
     is flushed every second. If either raises, the run stops and raises
     :class:`~llmframe.StoreError`. ``label(index)`` (optional) names a row in the error of
-    a row that cannot become a request (``"requests.jsonl line 8"``).
+    a row that cannot become a request (``"requests.jsonl line 8"``). ``share``: the part
+    of limits learned from rate-limit headers this process may use (``--workers N``: 1/N).
 
     >>> from llmframe.testing import MockServer
     >>> async def main(url):
@@ -218,7 +221,7 @@ async def stream_results(
     echo: hi
     """
     run = _Run(rows, config, stats if stats is not None else RunStats(), sink, on_result,
-               label)
+               label, share)
     run.control = control
     async for batch in run.batches():
         yield batch

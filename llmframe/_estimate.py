@@ -55,6 +55,9 @@ class Estimate:
     seconds_min: float | None = None
     output_default: int = 0
     output_defaulted: int = 0
+    budget: float | None = None
+    spent_before: float = 0.0
+    already_done: int = 0
 
     @property
     def cost_usd(self) -> float | None:
@@ -64,6 +67,8 @@ class Estimate:
     def __str__(self) -> str:
         out = [f"dry run: {self.rows:,} rows to send, {self.invalid:,} invalid (nothing sent, "
                "nothing written)"]
+        if self.already_done:
+            out.append(f"  resuming: {self.already_done:,} rows already have a result")
         out += [f"  invalid: {r}" for r in self.reasons]
         if self.invalid > len(self.reasons):
             out.append(f"  ... and {self.invalid - len(self.reasons):,} more invalid rows")
@@ -79,6 +84,8 @@ class Estimate:
                        f"{e.input_tokens + e.output_tokens:>12,.0f}  {usd(e.cost_usd):>10}")
         total = usd(self.cost_usd) if self.cost_usd is not None else "- (set price_in/price_out)"
         out.append(f"  estimated cost: {total}")
+        if self.budget is not None:
+            out.append(self._budget_line())
         if self.seconds is None:
             out.append("  time: no rate or token limit set: bounded by latency and concurrency")
         elif self.seconds_min is not None and self.seconds_min < self.seconds * 0.95:
@@ -89,6 +96,16 @@ class Estimate:
             out.append(f"  time: at least {_duration(self.seconds)} at the configured limits "
                        "(plus latency)")
         return "\n".join(out)
+
+    def _budget_line(self) -> str:
+        left = (self.budget or 0.0) - self.spent_before
+        before = f" (${self.spent_before:.4f} already spent)" if self.spent_before else ""
+        cost = self.cost_usd
+        if cost is None or not self.rows or cost <= left:
+            return f"  budget {usd(self.budget)}{before}: the estimated cost fits"
+        rows = int(self.rows * max(left, 0.0) / cost)
+        return (f"  budget {usd(self.budget)}{before}: covers about {rows:,} of "
+                f"{self.rows:,} rows at the estimated cost; the run stops there (exit 3)")
 
     def _repr_html_(self) -> str:
         import html
@@ -163,6 +180,26 @@ def _seconds(est: Estimate, config: RunConfig, tokens: float) -> float | None:
     return max(bounds) if any(bounds) else None
 
 
+def estimate_file(path: Path, config: RunConfig, *, save: Path | None = None,
+                  errors: Path | None = None, resume: bool = False,
+                  retry_errors: bool = False, overwrite: bool = False) -> Estimate:
+    """``llmframe run --dry-run``: the estimate of what that run would send — with
+    ``resume``/``retry_errors`` only the rows it would send, against the budget left —
+    deciding about existing outputs as the run would, but reading them only."""
+    from ._files import LineLabel, default_paths
+    from ._resume import plan_outputs, read_scan
+
+    save, errors = default_paths(path, save, errors)
+    keep = plan_outputs(save, errors, resume=resume, retry_errors=retry_errors,
+                        overwrite=overwrite)
+    est = estimate_rows(iter_rows(path, keep), config, LineLabel(path.name))
+    if keep is not None:
+        est.already_done = len(keep.done)  # type: ignore[attr-defined]
+        est.spent_before = read_scan(save).spent
+    est.budget = config.budget
+    return est
+
+
 def estimate(data: Any, column: str | None = None, *,
              endpoints: EndpointLike | Iterable[EndpointLike] | None = None,
              config: RunConfig | None = None, **options: Any) -> Estimate:
@@ -186,7 +223,9 @@ def estimate(data: Any, column: str | None = None, *,
         from ._files import LineLabel
 
         path = Path(data)
-        return estimate_rows(iter_rows(path), cfg, LineLabel(path.name))
+        est = estimate_rows(iter_rows(path), cfg, LineLabel(path.name))
+        est.budget = cfg.budget
+        return est
     from .functions import _prompts, _rows
 
     if column is None:
@@ -195,4 +234,6 @@ def estimate(data: Any, column: str | None = None, *,
         msg = "estimate(df, column): name the prompt column"
         raise ConfigError(msg)
     series = _prompts(data, column)
-    return estimate_rows(_rows(series, 10_000, cfg.api), cfg, lambda i: f"row {i}")
+    est = estimate_rows(_rows(series, 10_000, cfg.api), cfg, lambda i: f"row {i}")
+    est.budget = cfg.budget
+    return est

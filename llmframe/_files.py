@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ._engine import RunControl, stream_results
 from ._exceptions import BudgetReached, ConfigError, InputFileError, Interrupted
 from ._jsonl import iter_rows
 from ._results import RunStats
-from ._resume import prepare_outputs
+from ._resume import prepare_outputs, read_scan
 from ._runner import run_sync
 from ._sinks import FileSink
 from ._summary import Progress
@@ -66,6 +66,7 @@ class FileRun:
     append: bool = False
     keep: Callable[[int], bool] | None = None
     control: RunControl = field(default_factory=RunControl)
+    share: float = 1.0  # of limits learned from headers (a worker of N: 1/N)
 
 
 def progress_total(run: FileRun) -> int | None:
@@ -87,7 +88,8 @@ async def run_file_async(run: FileRun) -> RunStats:
                        desc=os.fspath(run.requests.name))
         try:
             async for batch in stream_results(rows, run.config, run.stats, run.control,
-                                              sink=sink, label=LineLabel(run.requests.name)):
+                                              sink=sink, label=LineLabel(run.requests.name),
+                                              share=run.share):
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -175,6 +177,8 @@ def run_file(
                                          retry_errors=retry_errors, overwrite=overwrite)
     if note and on_note is not None:
         on_note(note)
+    if append and config.budget is not None:
+        config = _budget_left(config, read_scan(save_path).spent, save_path, on_note)
     job = FileRun(path, save_path, errors_path, config, progress=progress, append=append,
                   keep=keep)
     try:
@@ -190,6 +194,18 @@ def run_file(
     if job.stats.stopped_by == "budget":
         raise budget_reached(job.stats, job.stats, "--resume and a larger --budget")
     return job.stats
+
+
+def _budget_left(config: RunConfig, spent: float, where: Path,
+                 on_note: Callable[[str], None] | None) -> RunConfig:
+    """The budget is for the whole job: what the answers already saved cost counts."""
+    if not spent:
+        return config
+    left = config.budget - spent  # type: ignore[operator]
+    if on_note is not None:
+        on_note(f"budget: ${spent:.4f} already spent by the answers in {where.name}; "
+                f"${max(left, 0):.4f} of ${config.budget:.4f} left")
+    return replace(config, budget=max(left, 1e-12))  # nothing fits: stops at once
 
 
 def budget_reached(stats: RunStats, partial: Any, how: str) -> BudgetReached:

@@ -26,12 +26,13 @@ used once answered, and the budget.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from ._config import Endpoint, RunConfig
 from ._pacer import TokenBucket
-from ._tokens import estimate_prompt_tokens, output_tokens, tiktoken_counter
+from ._tokens import chars_tokens, estimate_prompt_tokens, output_tokens, tiktoken_counter
 from ._usage import Usage
 
 __all__ = ["Budget", "Gate", "Meter"]
@@ -77,9 +78,13 @@ class Meter:
         self._count: Callable[[str], int] | None = None
         if config.tokenizer == "tiktoken":
             self._count = tiktoken_counter()
-            if self._count is None and note is not None:
-                note("tokenizer='tiktoken': tiktoken or its encoding file is not on this "
-                     "machine (it is never downloaded during a run); counting characters/4")
+            if self._count is None:
+                msg = ("tokenizer='tiktoken': tiktoken or its encoding file is not on this "
+                       "machine (it is never downloaded during a run); counting characters/4")
+                if note is not None:
+                    note(msg)
+                else:
+                    warnings.warn(msg, stacklevel=2)
         self.ratio = 1.0
         self.ratio_high = 1.0  # a slowly decaying maximum of that ratio (for the budget)
         self._out: float | None = None
@@ -116,6 +121,14 @@ class Meter:
         """Tokens to reserve for a request whose prompt we counted as ``prompt``."""
         return math.ceil(prompt * self.ratio) + self.expected_out(cap)
 
+    def guess_usage(self, prompt: int, answer: Any) -> Usage:
+        """An answer without ``usage``: its prompt as estimated and its text counted, and
+        the answer size learned from that (so reservations still shrink to real answers)."""
+        text = answer if isinstance(answer, str) else "" if answer is None else str(answer)
+        out = chars_tokens(text)
+        self._learn_out(out)
+        return Usage(math.ceil(max(prompt, 0) * self.ratio), out)
+
     def unmetered(self) -> None:
         """An answer came without usage: from now on a prompt's worst case is one token a
         character (four times the estimate), since nothing will say otherwise."""
@@ -129,14 +142,19 @@ class Meter:
             seen = usage.prompt_tokens / prompt
             self.ratio += alpha * (seen - self.ratio)
             self.ratio_high = max(seen, self.ratio_high + 0.02 * (seen - self.ratio_high))
-        out = usage.completion_tokens
-        if out is not None:
-            self.worst_out = max(self.worst_out, out)
-            if self._out is None:
-                self._out = float(out)
-            else:
-                self._dev += alpha * (abs(out - self._out) - self._dev)
-                self._out += alpha * (out - self._out)
+        if usage.completion_tokens is not None:
+            self._learn_out(usage.completion_tokens, alpha)
+
+    def _learn_out(self, out: int, alpha: float | None = None) -> None:
+        if alpha is None:
+            self.seen += 1
+            alpha = max(0.05, 1.0 / self.seen)
+        self.worst_out = max(self.worst_out, out)
+        if self._out is None:
+            self._out = float(out)
+        else:
+            self._dev += alpha * (abs(out - self._out) - self._dev)
+            self._out += alpha * (out - self._out)
 
 
 class Budget:

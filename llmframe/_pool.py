@@ -39,8 +39,8 @@ class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
     __slots__ = ("endpoint", "headers", "health", "hold_until", "in_flight", "index", "key",
-                 "learn_rate", "learn_tokens", "limiter", "model", "name", "stats", "timeout",
-                 "tokens", "transport", "url")
+                 "learn_rate", "learn_tokens", "limiter", "max_wait", "model", "name", "share",
+                 "stats", "timeout", "tokens", "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -59,10 +59,12 @@ class Target:
         self.tokens = TokenBucket(endpoint.tpm / 60) if endpoint.tpm else None
         self.learn_rate, self.learn_tokens = rate is None, self.tokens is None
         self.hold_until = 0.0  # the provider said none is left until then (headers)
+        self.share = 1.0  # of the limits learned from headers (1/N with --workers N)
+        self.max_wait = config.max_retry_after
         max_in_flight = min(endpoint.max_concurrency or 1 << 30, config.concurrency)
         self.health = Health(max_in_flight)
         self.in_flight = 0
-        self.stats = EndpointStats(self.name, endpoint.weight)
+        self.stats = EndpointStats(self.name, endpoint.weight, priced=endpoint.priced)
         self.transport: Transport
 
     def eligible(self, now: float, level: int = 0) -> bool:
@@ -73,22 +75,35 @@ class Target:
         return self.limiter is None or self.limiter.has_capacity()
 
     def observe(self, limits: RateLimits, need: int, now: float) -> None:
-        """Follow the provider's rate-limit headers: learn the limits not set (rpm, tpm),
-        and hold the endpoint until the reset when none is left (``need``: the tokens a
-        request reserves)."""
+        """Follow the provider's rate-limit headers: learn the limits not set (rpm, tpm;
+        ``share``: this process's part of them), and hold the endpoint when none is left:
+        until the reset when ``remaining`` is 0; when fewer tokens remain than a request
+        needs, for the time the refill takes (OpenAI's reset is when the bucket is full
+        again). A reset past ``max_retry_after`` (a daily limit) puts the endpoint out for
+        that long."""
         if self.learn_rate and limits.limit_requests:
             self.learn_rate = False
-            self.limiter = _endpoint_limiter(limits.limit_requests / 60)
+            self.limiter = _endpoint_limiter(limits.limit_requests * self.share / 60)
             self._learned(f"rpm {limits.limit_requests:,}")
         if self.learn_tokens and limits.limit_tokens:
             self.learn_tokens = False
-            self.tokens = TokenBucket(limits.limit_tokens / 60)
+            self.tokens = TokenBucket(limits.limit_tokens * self.share / 60)
             self._learned(f"tpm {limits.limit_tokens:,}")
+        wait = 0.0
         if limits.remaining_requests == 0 and limits.reset_requests:
-            self.hold_until = max(self.hold_until, now + limits.reset_requests)
-        remaining = limits.remaining_tokens
-        if remaining is not None and remaining < max(need, 1) and limits.reset_tokens:
-            self.hold_until = max(self.hold_until, now + limits.reset_tokens)
+            wait = limits.reset_requests
+        remaining, reset, limit = (limits.remaining_tokens, limits.reset_tokens,
+                                   limits.limit_tokens)
+        if remaining is not None and reset and remaining < max(need, 1):
+            if remaining == 0 or limit is None or limit <= remaining:
+                wait = max(wait, reset)
+            else:
+                wait = max(wait, min(reset, reset * (need - remaining) / (limit - remaining)))
+        if wait > self.max_wait:
+            self.health.on_failure(now, "rate_limited", None, out_for=wait)
+            self.stats.note = f"out: no requests left for {wait:,.0f} s (rate-limit headers)"
+        elif wait:
+            self.hold_until = max(self.hold_until, now + wait)
 
     def _learned(self, what: str) -> None:
         tail = " from its headers"
@@ -100,8 +115,10 @@ class Target:
 class EndpointPool:
     """The run's endpoints. Build inside the run; ``close()`` at its end."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, share: float = 1.0) -> None:
         self.targets = [Target(i, ep, config) for i, ep in enumerate(config.endpoints)]
+        for t in self.targets:
+            t.share = share
         self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
         self.max_retry_after = config.max_retry_after
         for t in self.targets:

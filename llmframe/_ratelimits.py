@@ -88,9 +88,16 @@ def _unix(text: str) -> float | None:
     return float(unix)
 
 
+_LARGEST = 10**15  # past this a header is nonsense, not a limit
+
+
 def _count(text: str | None) -> int | None:
-    """A header's non-negative integer ("1000" or "1000.0"), or None."""
-    if not isinstance(text, str):
+    """A header's non-negative integer ("1000" or "1000.0") up to 10^15, or None.
+
+    >>> _count("1000.0"), _count("-1"), _count("9" * 400)
+    (1000, None, None)
+    """
+    if not isinstance(text, str) or len(text) > 40:
         return None
     try:
         number = int(text)
@@ -99,8 +106,8 @@ def _count(text: str | None) -> int | None:
             value = float(text)
         except ValueError:
             return None
-        return int(value) if value.is_integer() and value >= 0 else None
-    return number if number >= 0 else None
+        number = int(value) if math.isfinite(value) and value.is_integer() else -1
+    return number if 0 <= number <= _LARGEST else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +138,17 @@ def _anthropic(found: dict[str, str], kind: str, now: float) -> _Family:
 
 
 def _anthropic_tokens(found: dict[str, str], now: float) -> _Family:
-    """The ``tokens-*`` family, else the most restrictive of ``input-tokens-*`` and
-    ``output-tokens-*`` (the one with the least remaining)."""
+    """The ``tokens-*`` family, else the remaining and reset of the most restrictive of
+    ``input-tokens-*`` and ``output-tokens-*`` (the one with the least remaining) — but no
+    limit: separate input and output limits are not one limit on their sum."""
     if any(k.startswith("anthropic-ratelimit-tokens-") for k in found):
         return _anthropic(found, "tokens", now)
     families = [f for f in (_anthropic(found, "input-tokens", now),
                             _anthropic(found, "output-tokens", now)) if f != (None,) * 3]
     if not families:
         return None, None, None
-    return min(families, key=lambda f: math.inf if f[1] is None else f[1])
+    _, remaining, reset = min(families, key=lambda f: math.inf if f[1] is None else f[1])
+    return None, remaining, reset
 
 
 def parse_rate_limits(headers: Mapping[str, str], now: float | None = None
@@ -195,7 +204,7 @@ def _limits(found: dict[str, str], now: float) -> RateLimits | None:
 _SPENT = ("insufficient_quota", "billing_hard_limit_reached", "billing hard limit has been",
           "billing_not_active", "account is not active, please check your billing",
           "credit balance is too low", "insufficient credits", "insufficient_credits",
-          "insufficient balance", "insufficient_balance")
+          "insufficient balance", "insufficient_balance", "out of call volume quota")
 # OpenAI's insufficient_quota message, which Google's per-minute 429 also starts with.
 _AMBIGUOUS = "exceeded your current quota"
 _RATE_LIMIT = ("rate-limit", "rate_limit", "rate limit", "resource_exhausted", "per minute",

@@ -60,6 +60,7 @@ class EndpointStats:
     completion_tokens: int = 0
     cost_usd: float | None = None
     note: str | None = None  # why the endpoint left the run, or what it learned
+    priced: bool = False
     latencies: list[float] = field(default_factory=list)
     _seen: int = 0
 

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._exceptions import ConfigError
+from ._json import loads
 from ._sinks import clean_lines
 
-__all__ = ["IndexSet", "NotIn", "OutputsExist", "prepare_outputs", "scan"]
+__all__ = ["IndexSet", "NotIn", "OutputsExist", "Scan", "plan_outputs", "prepare_outputs",
+           "read_scan", "scan"]
 
 
 class IndexSet:
@@ -62,22 +64,49 @@ class IndexSet:
                 self._bits[k] = merged
 
 
+class Scan:
+    """What a scan of an output file found: ``done`` indices and the USD they ``spent``."""
+
+    __slots__ = ("done", "spent")
+
+    def __init__(self) -> None:
+        self.done = IndexSet()
+        self.spent = 0.0
+
+    def accept(self, record: object) -> bool:
+        index = record.get("index") if isinstance(record, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0 or (
+                index in self.done):
+            return False
+        self.done.add(index)
+        cost = record.get("cost_usd")  # type: ignore[union-attr]
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost > 0:
+            self.spent += cost
+        return True
+
+
 def scan(path: Path) -> tuple[IndexSet, int]:
     """Indices recorded in ``path`` and how many torn/duplicate lines were dropped from it.
 
     A line counts if it is a complete JSON object with an integer ``index`` not seen before
     in this file; the file is rewritten without any other line (see ``clean_lines``).
     """
-    seen = IndexSet()
+    found = Scan()
+    return found.done, clean_lines(path, found.accept)
 
-    def accept(record: object) -> bool:
-        index = record.get("index") if isinstance(record, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0 or index in seen:
-            return False
-        seen.add(index)
-        return True
 
-    return seen, clean_lines(path, accept)
+def read_scan(path: Path) -> Scan:
+    """What ``path`` records (indices, USD spent), read without changing it (a dry run,
+    the budget of a resumed run)."""
+    found = Scan()
+    if path.exists():
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    found.accept(loads(line))
+                except ValueError:
+                    continue
+    return found
 
 
 def _lines(path: Path) -> int:
@@ -131,6 +160,26 @@ def prepare_outputs(save: Path, errors: Path, *, resume: bool = False,
     if dropped_save:
         note += f"; dropped {dropped_save} torn line(s) from an interrupted write"
     return NotIn(done), True, note
+
+
+def plan_outputs(save: Path, errors: Path, *, resume: bool = False,
+                 retry_errors: bool = False, overwrite: bool = False
+                 ) -> Callable[[int], bool] | None:
+    """What :func:`prepare_outputs` would send, deciding the same way but changing
+    nothing (``--dry-run``): ``keep(index)``, or None for every row."""
+    existing = {p: n for p in (save, errors) if (n := _lines(p))}
+    if overwrite or (not existing and not retry_errors):
+        return None
+    if not (resume or retry_errors):
+        what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
+        msg = (f"outputs already exist: {what}; the real run would refuse them. Pass "
+               "--resume, --retry-errors or --overwrite (the dry run then estimates what "
+               "that run would send)")
+        raise OutputsExist(msg)
+    done = read_scan(save).done
+    if not retry_errors:
+        done.update(read_scan(errors).done)
+    return NotIn(done)
 
 
 class NotIn:

@@ -70,6 +70,10 @@ def spend_line(stats: RunStats) -> str | None:
     line = f"tokens {tokens_in:,} in + {tokens_out:,} out"
     if stats.cost_usd is not None or stats.budget is not None:
         line += f", {usd(stats.cost_usd or 0.0)} spent"
+        unpriced = sum(e.prompt_tokens + e.completion_tokens for e in stats.endpoints
+                       if not e.priced)
+        if unpriced:
+            line += f" ({unpriced:,} tokens at endpoints without prices not counted)"
     if stats.budget is not None:
         line += f" (budget {usd(stats.budget)})"
     return line
@@ -82,12 +86,14 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
     # the loop clock has millisecond resolution: no rate for a run that sent nothing
     rate = f"{stats.done / elapsed:,.0f} rows/s" if elapsed >= 0.05 else "- rows/s"
     head = "interrupted after" if interrupted else "done:"
+    count = f"{stats.done:,} of {stats.rows:,} rows"
+    left = f", {stats.unfinished:,} not finished" if stats.unfinished else ""
     if stats.stopped_by == "budget":
-        head = "stopped by the budget after"
+        head, count = "stopped by the budget after", f"{stats.done:,} rows"
+        left = f", {stats.not_sent:,} not sent" if stats.not_sent else ""
     out = [
-        f"{head} {stats.done:,} of {stats.rows:,} rows in {elapsed:.1f} s ({rate}): "
-        f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries"
-        + (f", {stats.unfinished:,} not finished" if stats.unfinished else "")
+        f"{head} {count} in {elapsed:.1f} s ({rate}): "
+        f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries{left}"
     ]
     spend = spend_line(stats)
     if spend:

@@ -216,7 +216,7 @@ def estimate_prompt_tokens(body: Mapping[str, Any],
 
 
 def _positive(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10**9:
         return value
     return None
 

@@ -36,11 +36,14 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+_LARGEST = 10**12  # more tokens than any answer has: a broken field, not a count
+
+
 def _count(value: Any) -> int | None:
-    """A non-negative int, or an integral float; None for anything else."""
+    """A non-negative int (or an integral float) up to 10^12; None for anything else."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return value if 0 <= value <= _LARGEST else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= _LARGEST:
         return int(value)
     return None
 
@@ -57,15 +60,14 @@ def _first(*values: int | None) -> int | None:
 def _openai_usage(usage: dict[str, Any]) -> Usage | None:
     """OpenAI's chat ``usage`` with plain ints, or None to take the general path."""
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+    if type(prompt) is not int or type(completion) is not int or not (
+            0 <= prompt <= _LARGEST and 0 <= completion <= _LARGEST):
         return None
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
     details = usage.get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if type(details) is dict else None
-    return Usage(prompt, completion,
-                 cached if type(cached) is int and cached >= 0 else _count(cached),
-                 reasoning if type(reasoning) is int and reasoning >= 0 else _count(reasoning))
+    return Usage(prompt, completion, _count(cached), _count(reasoning))
 
 
 def parse_usage(doc: Any) -> Usage | None:

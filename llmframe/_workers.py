@@ -154,7 +154,8 @@ def _start(run: FileRun, workers: int, grace: float) -> tuple[list[Any], list[Co
     procs, conns = [], []
     for k in range(workers):
         parent_end, child_end = ctx.Pipe(duplex=False)
-        part = replace(run, config=config, progress=False, stats=RunStats(), append=True)
+        part = replace(run, config=config, progress=False, stats=RunStats(), append=True,
+                       share=1 / workers)
         proc = ctx.Process(target=_worker, args=(part, k, workers, child_end, grace),
                            name=f"llmframe-worker-{k}", daemon=True)
         proc.start()
@@ -238,7 +239,7 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     stats.stopped_by = next((s["stopped_by"] for s in values if s["stopped_by"]), None)
     stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
     stats.budget = config.budget
-    eps = [EndpointStats(ep.name, ep.weight) for ep in config.endpoints]
+    eps = [EndpointStats(ep.name, ep.weight, priced=ep.priced) for ep in config.endpoints]
     for snap in values:
         for ep, (sent, ok, failed, cooldowns, throttled, latencies, prompt, completion, cost,
                  note) in zip(eps, snap["endpoints"], strict=False):

@@ -93,7 +93,8 @@ def cli() -> None:
 @click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
               help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,"
                    "tpm=N,concurrency=N,timeout=S,price_in=USD,price_out=USD (prices per 1M "
-                   "tokens). Repeat for several.")
+                   "tokens). rpm/tpm not set are learned from the provider's rate-limit "
+                   "headers. Repeat for several.")
 @click.option("--request_url", "request_urls", multiple=True, hidden=True,
               help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
@@ -118,6 +119,9 @@ def cli() -> None:
 @click.option("--output-tokens", type=int, default=512,
               help="Answer tokens reserved per request that sets no max_tokens, until answers "
                    "show the real size (token limits, budget, --dry-run).")
+@click.option("--tokenizer", type=click.Choice(["chars", "tiktoken"]), default="chars",
+              help="Prompt token estimates: characters/4, or tiktoken when it is installed "
+                   "with its encoding file already cached (never downloaded).")
 @click.option("--dry-run", is_flag=True,
               help="Read the whole file and report rows, invalid rows, tokens, cost per "
                    "endpoint and time at the limits; send and write nothing.")
@@ -154,7 +158,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         request_urls: tuple[str, ...], endpoints_file: Path | None, mock: int | None,
         mock_latency: str, mock_faults: str,
         rps: float, concurrency: int, tpm: float | None, budget: float | None,
-        output_tokens: int, dry_run: bool,
+        output_tokens: int, tokenizer: str, dry_run: bool,
         max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
         max_tokens: int | None, timeout: float, resume: bool, retry_errors: bool,
@@ -216,9 +220,10 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         options = {"rps": rps, "concurrency": concurrency, "max_attempts": max_attempts,
                    "timeout": timeout, "api": api, "model": model, "system": system,
                    "params": body_params, "tpm": tpm, "budget": budget,
-                   "output_tokens": output_tokens}
+                   "output_tokens": output_tokens, "tokenizer": tokenizer}
         if dry_run:
-            sys.exit(_dry_run(path, endpoints, options))
+            sys.exit(_dry_run(path, endpoints, options, save=save, errors=errors,
+                              resume=resume, retry_errors=retry_errors, overwrite=overwrite))
         code = _run(path, endpoints, options, labels, save=save, errors=errors,
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
                     workers=workers, progress=progress, grace=grace)
@@ -272,12 +277,18 @@ def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
     return EXIT_ROW_ERRORS if stats.errors else EXIT_OK
 
 
-def _dry_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any]) -> int:
-    """``--dry-run``: print the estimate; nothing is sent or written."""
-    from ._estimate import estimate
+def _dry_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
+             **outputs: Any) -> int:
+    """``--dry-run``: print the estimate of what this run would send; nothing is sent or
+    written (with --resume: only the rows without a result)."""
+    from ._config import run_config
+    from ._estimate import estimate_file
 
     try:
-        report = estimate(path, endpoints=endpoints, **options)
+        if not path.is_file():
+            msg = f"requests file not found: {path}"
+            raise InputFileError(msg)
+        report = estimate_file(path, run_config(endpoints, **options), **outputs)
     except (ConfigError, InputFileError) as exc:
         raise UsageProblem(str(exc)) from None
     click.echo(str(report))

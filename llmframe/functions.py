@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ _METADATA = {
     "error_type": pl.String, "status": pl.Int64,
 }
 _last_partial: pl.DataFrame | None = None
+_NOT_SENT = "not sent: stopped by the budget"
 
 
 @dataclass
@@ -119,8 +120,12 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
                       out: _Collected, checkpoint: Checkpoint | None = None) -> None:
     stats = out.stats
     done = checkpoint.load() if checkpoint is not None else {}
+    spent = 0.0
     for record in done.values():
         out.restore(record)
+        spent += record.get("cost_usd") or 0.0
+    if spent and config.budget is not None:  # the budget is for the whole job
+        config = replace(config, budget=max(config.budget - spent, 1e-12))
     total = len(series) - series.null_count() - len(done)
     bar = Progress(stats, total, enabled=progress and total > 0, desc="llm")
     if checkpoint is not None:
@@ -240,7 +245,8 @@ def complete(
         msg = (f"interrupted: {out.answered:,} of {len(series) - series.null_count():,} rows "
                "answered; the partial frame is in exc.partial and llmframe.recover()")
         raise Interrupted(msg, partial) from None
-    _check_budget(df, series, out, output=output, error=error, metadata=metadata)
+    _check_budget(df, series, out, ckpt is not None, output=output, error=error,
+                  metadata=metadata)
     return _frame_out(df, out, output=output, error=error, metadata=metadata)
 
 
@@ -255,12 +261,15 @@ def _interrupted_frame(df: pl.DataFrame, series: pl.Series, out: _Collected, *,
     return _last_partial
 
 
-def _check_budget(df: pl.DataFrame, series: pl.Series, out: _Collected, **kw: Any) -> None:
+def _check_budget(df: pl.DataFrame, series: pl.Series, out: _Collected, checkpoint: bool,
+                  **kw: Any) -> None:
     """A run the budget stopped raises BudgetReached with the partial frame."""
     if out.stats.stopped_by != "budget":
         return
-    partial = _interrupted_frame(df, series, out, why="not sent: stopped by the budget", **kw)
-    how = ("checkpoint= and a larger budget=" if out.stats.not_sent else "a larger budget=")
+    partial = _interrupted_frame(df, series, out, why=_NOT_SENT, **kw)
+    how = ("the same checkpoint= and a larger budget= (it sends only the rest)" if checkpoint
+           else f"a larger budget= on the rows of exc.partial whose error is {_NOT_SENT!r} "
+                "(or pass checkpoint= so that a rerun sends only the rest)")
     raise budget_reached(out.stats, partial, how)
 
 
@@ -292,7 +301,8 @@ async def acomplete(
     except asyncio.CancelledError:
         _interrupted_frame(df, series, out, output=output, error=error, metadata=metadata)
         raise
-    _check_budget(df, series, out, output=output, error=error, metadata=metadata)
+    _check_budget(df, series, out, ckpt is not None, output=output, error=error,
+                  metadata=metadata)
     return _frame_out(df, out, output=output, error=error, metadata=metadata)
 
 
@@ -323,7 +333,7 @@ def complete_expr(
         if out.stats.stopped_by == "budget":  # no frame to carry: the rows say it
             for i, text in enumerate(series.to_list()):
                 if text is not None and out.response[i] is None and out.error[i] is None:
-                    out.error[i] = "not sent: stopped by the budget"
+                    out.error[i] = _NOT_SENT
         return pl.Series(series.name, [
             {"response": r, "error": e} for r, e in zip(out.response, out.error, strict=True)
         ], dtype=RESULT_DTYPE)

@@ -143,6 +143,17 @@ def test_a_budget_stops_within_one_request_and_resume_sends_the_rest(mock_server
     assert srv.counts["requests"] == len(saved)
     assert (f"stopped by the budget: {100 - len(saved)} rows not sent; rerun with --resume "
             "and a larger --budget") in proc.stderr
+    # the budget is for the whole job: the same budget again sends nothing more
+    sent = srv.counts["requests"]
+    proc = run_cli("run", req, "-e", spec, "--budget", "0.5", "--max-tokens", 10, "--resume")
+    assert proc.returncode == 3 and srv.counts["requests"] == sent, proc.stderr
+    assert "already spent by the answers in r.save.jsonl" in proc.stderr
+    # a dry run of the resumed run prices only the rest
+    proc = run_cli("run", req, "-e", spec, "--budget", "5", "--max-tokens", 10, "--resume",
+                   "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"dry run: {100 - len(saved)} rows to send" in proc.stdout
+    assert f"resuming: {len(saved)} rows already have a result" in proc.stdout
     proc = run_cli("run", req, "-e", spec, "--budget", "5", "--max-tokens", 10, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert srv.counts["requests"] == 100
@@ -200,3 +211,18 @@ def test_token_limits_survive_hostile_message_contents(mock_server):
     rows = [(i, payload, None) for i, payload in enumerate(odd)]
     results, _ = run_rows(rows, [{"url": srv.url, "tpm": 100_000}], tpm=100_000)
     assert len(results) == 3 and all(r.ok for r in results.values())
+
+
+@pytest.mark.timeout(60)
+def test_a_global_tpm_with_a_large_max_tokens_does_not_stall(mock_server):
+    """The first reservation (25,000 tokens) is far above what answers use: the answer's
+    usage gives it back at once, the run does not wait out the whole debt."""
+    srv = mock_server(tpm=30_000, window=2.0, latency=0.01)
+    results, _ = run_rows([f"q {i}" for i in range(30)], [srv.url], tpm=30_000,
+                          params={"max_tokens": 25_000})
+    assert all(r.ok for r in results.values()) and srv.counts["429"] == 0
+
+
+def test_prices_go_together():
+    with pytest.raises(llmframe.ConfigError, match="price_in and price_out together"):
+        llmframe.Endpoint("http://127.0.0.1:9/v1", price_in=1.0)

@@ -114,18 +114,20 @@ def test_anthropic_headers():
     assert got == RateLimits(50, 49, 1.0, 90000, 89000, 30.5)  # tokens-* wins over input-*
 
 
-def test_anthropic_without_tokens_takes_the_most_restrictive_family():
+def test_anthropic_without_tokens_takes_the_most_restrictive_family_but_no_limit():
+    """Separate input and output limits are not a limit on their sum: nothing is learned
+    from them, but the remaining/reset of the tighter one still holds the endpoint."""
     headers = {k: v for k, v in ANTHROPIC.items() if "-ratelimit-tokens-" not in k}
     headers |= {"anthropic-ratelimit-output-tokens-limit": "16000",
                 "anthropic-ratelimit-output-tokens-remaining": "15000",
                 "anthropic-ratelimit-output-tokens-reset": "2026-11-29T10:00:02Z"}
     got = parse_rate_limits(headers, NOW)
-    assert (got.limit_tokens, got.remaining_tokens, got.reset_tokens) == (80000, 100, 59.0)
+    assert (got.limit_tokens, got.remaining_tokens, got.reset_tokens) == (None, 100, 59.0)
     headers["anthropic-ratelimit-input-tokens-remaining"] = "79000"
     got = parse_rate_limits(headers, NOW)
-    assert (got.limit_tokens, got.remaining_tokens, got.reset_tokens) == (16000, 15000, 2.0)
+    assert (got.limit_tokens, got.remaining_tokens, got.reset_tokens) == (None, 15000, 2.0)
     only_output = {k: v for k, v in headers.items() if "input" not in k}
-    assert parse_rate_limits(only_output, NOW).limit_tokens == 16000
+    assert parse_rate_limits(only_output, NOW).limit_tokens is None
 
 
 def test_anthropic_resets_are_never_negative_and_default_to_now():
@@ -188,6 +190,8 @@ SPENT = [
     (402, "This request requires more credits, or fewer max_tokens."),
     (402, None), (402, ""), (402, b"\xff\xfe"),
     (429, b"INSUFFICIENT_QUOTA"),
+    (403, '{"error": {"code": "403", "message": "Out of call volume quota for OpenAI API. '
+          'Quota will be replenished in 10.23:59:59."}}'),  # Azure: spent for the period
 ]
 NOT_SPENT = [
     (429, '{"error":{"code":"429","message": "Requests to the ChatCompletions_Create Operation '
