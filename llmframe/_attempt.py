@@ -193,9 +193,10 @@ class Attempts:
             else:
                 used = 0 if outcome.status is not None else None
             if used is not None:
-                for bucket in (target.tokens, gate.tokens):
-                    if bucket is not None:
-                        bucket.settle(job.tokens - used)
+                if target.tokens is not None:
+                    target.tokens.settle(job.tokens - used)
+                if gate.tokens is not None:
+                    gate.tokens.settle(job.tokens - used)
             job.tokens = 0
         if job.cost:
             if isinstance(outcome, Answer) and outcome.usage is None:

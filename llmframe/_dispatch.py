@@ -223,13 +223,14 @@ class Dispatcher:
         gate = self.gate
         if gate.metered(pool.targets):
             gate.measure(job)
-            if gate.tokens is not None:
-                await gate.tokens.acquire(job.tokens)
+            tokens = gate.tokens
+            if tokens is not None and not tokens.try_take(job.tokens, loop.time()):
+                await tokens.acquire(job.tokens)
         while not self.stopping:
             target = pool.pick(job.last_endpoint, loop.time(), job.back)
             if target is None:
                 target = await self._wait_for_target(job, loop)
-            if target is None or gate.afford(job, target.endpoint):
+            if target is None or gate.budget is None or gate.afford(job, target.endpoint):
                 return target
             if not gate.budget.in_flight:  # type: ignore[union-attr]  # nothing will settle
                 self.stop(by="budget")

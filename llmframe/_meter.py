@@ -135,15 +135,25 @@ class Meter:
         self.ratio_high = max(self.ratio_high, _NO_USAGE_RATIO)
 
     def learn(self, prompt: int, usage: Usage) -> None:
-        """Fold one answer's usage into the estimates."""
-        self.seen += 1
-        alpha = max(0.05, 1.0 / self.seen)
-        if usage.prompt_tokens and prompt > 0:
-            seen = usage.prompt_tokens / prompt
-            self.ratio += alpha * (seen - self.ratio)
-            self.ratio_high = max(seen, self.ratio_high + 0.02 * (seen - self.ratio_high))
-        if usage.completion_tokens is not None:
-            self._learn_out(usage.completion_tokens, alpha)
+        """Fold one answer's usage into the estimates. The maxima see every answer; the
+        averages move slowly, so past the first 64 answers every 8th is enough (this runs
+        on every answer of a token-limited run)."""
+        self.seen = seen = self.seen + 1
+        tokens, out = usage.prompt_tokens, usage.completion_tokens
+        ratio = tokens / prompt if tokens and prompt > 0 else None
+        if ratio is not None and ratio > self.ratio_high:
+            self.ratio_high = ratio
+        if out is not None and out > self.worst_out:
+            self.worst_out = out
+        if seen > 64 and seen & 7:
+            return
+        alpha = max(0.05, 1.0 / seen)
+        if ratio is not None:
+            self.ratio += alpha * (ratio - self.ratio)
+            self.ratio_high += 0.02 * (ratio - self.ratio_high)
+            self.ratio_high = max(self.ratio_high, ratio)
+        if out is not None:
+            self._learn_out(out, alpha)
 
     def _learn_out(self, out: int, alpha: float | None = None) -> None:
         if alpha is None:

@@ -116,6 +116,14 @@ class TokenBucket:
         self._refill(now)
         self.level -= cost
 
+    def try_take(self, cost: float, now: float) -> bool:
+        """Take ``cost`` if ready now (no waiting: the hot path of :meth:`acquire`)."""
+        self._refill(now)
+        if self.level > 0:
+            self.level -= cost
+            return True
+        return False
+
     def settle(self, delta: float) -> None:
         """``delta`` = reserved - used: positive gives tokens back, negative adds debt."""
         self.level = min(self.burst, self.level + delta) if delta > 0 else self.level + delta
