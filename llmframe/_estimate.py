@@ -104,8 +104,9 @@ class Estimate:
         if cost is None or not self.rows or cost <= left:
             return f"  budget {usd(self.budget)}{before}: the estimated cost fits"
         rows = int(self.rows * max(left, 0.0) / cost)
-        return (f"  budget {usd(self.budget)}{before}: covers about {rows:,} of "
-                f"{self.rows:,} rows at the estimated cost; the run stops there (exit 3)")
+        return (f"  budget {usd(self.budget)}{before}: covers at least ~{rows:,} of "
+                f"{self.rows:,} rows (more if answers are shorter than reserved); the run "
+                "stops when it is spent (exit 3)")
 
     def _repr_html_(self) -> str:
         import html
