@@ -120,6 +120,26 @@ class OutputsExist(ConfigError):
     """The outputs exist and neither resume nor overwrite was asked for."""
 
 
+_REFUSED = (". Pass --resume (resume=True) to send only the rows without a result, "
+            "--retry-errors (retry_errors=True) to also resend failed rows, or --overwrite "
+            "(overwrite=True) to replace them")
+_REFUSED_DRY = ("; the real run would refuse them. Pass --resume, --retry-errors or "
+                "--overwrite (the dry run then estimates what that run would send)")
+
+
+def _over_outputs(save: Path, errors: Path, resume: bool, retry_errors: bool,
+                  overwrite: bool, refused: str) -> bool:
+    """True when the run continues over existing outputs, False when it starts afresh;
+    :class:`OutputsExist` (ending with ``refused``) when they exist and no mode was chosen."""
+    existing = {p: n for p in (save, errors) if (n := _lines(p))}
+    if overwrite or (not existing and not retry_errors):
+        return False
+    if not (resume or retry_errors):
+        what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
+        raise OutputsExist(f"outputs already exist: {what}{refused}")
+    return True
+
+
 def prepare_outputs(save: Path, errors: Path, *, resume: bool = False,
                     retry_errors: bool = False, overwrite: bool = False
                     ) -> tuple[Callable[[int], bool] | None, bool, str | None]:
@@ -129,15 +149,8 @@ def prepare_outputs(save: Path, errors: Path, *, resume: bool = False,
     sending (None: all rows), ``append`` whether to append to the files, and a note for the
     user. Raises :class:`OutputsExist` when outputs exist and no mode was chosen.
     """
-    existing = {p: n for p in (save, errors) if (n := _lines(p))}
-    if overwrite or (not existing and not retry_errors):
+    if not _over_outputs(save, errors, resume, retry_errors, overwrite, _REFUSED):
         return None, False, None
-    if not (resume or retry_errors):
-        what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
-        msg = (f"outputs already exist: {what}. Pass --resume (resume=True) to send only the "
-               "rows without a result, --retry-errors (retry_errors=True) to also resend "
-               "failed rows, or --overwrite (overwrite=True) to replace them")
-        raise OutputsExist(msg)
     done, dropped_save = scan(save)
     note = f"resuming: {len(done):,} rows already answered"
     if retry_errors:
@@ -167,15 +180,8 @@ def plan_outputs(save: Path, errors: Path, *, resume: bool = False,
                  ) -> Callable[[int], bool] | None:
     """What :func:`prepare_outputs` would send, deciding the same way but changing
     nothing (``--dry-run``): ``keep(index)``, or None for every row."""
-    existing = {p: n for p in (save, errors) if (n := _lines(p))}
-    if overwrite or (not existing and not retry_errors):
+    if not _over_outputs(save, errors, resume, retry_errors, overwrite, _REFUSED_DRY):
         return None
-    if not (resume or retry_errors):
-        what = ", ".join(f"{p} ({n:,} lines)" for p, n in existing.items())
-        msg = (f"outputs already exist: {what}; the real run would refuse them. Pass "
-               "--resume, --retry-errors or --overwrite (the dry run then estimates what "
-               "that run would send)")
-        raise OutputsExist(msg)
     done = read_scan(save).done
     if not retry_errors:
         done.update(read_scan(errors).done)
