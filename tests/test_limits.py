@@ -226,3 +226,25 @@ def test_a_global_tpm_with_a_large_max_tokens_does_not_stall(mock_server):
 def test_prices_go_together():
     with pytest.raises(llmframe.ConfigError, match="price_in and price_out together"):
         llmframe.Endpoint("http://127.0.0.1:9/v1", price_in=1.0)
+
+
+def test_the_polars_path_at_the_token_limit_sees_no_429(mock_server):
+    srv = mock_server(tpm=30_000, window=1.0, latency=0.02)
+    df = pl.DataFrame({"p": [f"question {i} on a topic" for i in range(60)]})
+    out = df.llm.complete("p", endpoints=[{"url": srv.url, "tpm": 30_000, "price_in": 1,
+                                           "price_out": 2}], metadata=True, progress=False)
+    assert out["error"].null_count() == 60 and srv.counts["429"] == 0
+    assert out["cost_usd"].null_count() == 0
+
+
+def test_limits_and_prices_in_the_toml_endpoints_file(mock_server, tmp_path):
+    srv = mock_server(tpm=30_000, window=1.0)
+    toml = tmp_path / "endpoints.toml"
+    toml.write_text(f'[[endpoints]]\nurl = "{srv.url}"\ntpm = 30000\nrpm = 600\n'
+                    "price_in = 2.5\nprice_out = 10\n")
+    req = write_requests(tmp_path / "r.jsonl", [{"input": f"q {i}"} for i in range(20)])
+    proc = run_cli("run", req, "--endpoints-file", toml)
+    assert proc.returncode == 0, proc.stderr
+    lines = read_jsonl(tmp_path / "r.save.jsonl")
+    assert all(x["cost_usd"] > 0 for x in lines) and srv.counts["429"] == 0
+    assert "$" in proc.stderr and "spent" in proc.stderr
