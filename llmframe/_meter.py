@@ -15,12 +15,14 @@ used once answered, and the budget.
   ``output_tokens``) stays within the budget. When it does not fit but requests are in
   flight, the run waits for them (their real cost is usually lower); when nothing is in
   flight, the budget is reached: the run stops sending. Until a few answers have shown
-  how the provider counts, the worst cases in flight may not exceed what was already
-  spent (one request at first, then doubling each round trip, like TCP's slow start): a
-  first wave of underestimated requests cannot overrun the budget. A timeout or an
-  unreadable answer is charged its worst case (it may be billed); a refusal (an HTTP
-  error) costs nothing. Answers without ``usage`` leave the estimate uncalibrated: their
-  prompts are then charged one token a character (4x the estimate) plus ``max_tokens``.
+  how the provider counts, and only if ten times the worst cases in flight would pass
+  what is left of the budget, they may not exceed what was already spent (one request at
+  first, then doubling each round trip, like TCP's slow start): a first wave of
+  underestimated requests cannot overrun a tight budget, and a loose one costs no time.
+  A timeout or an unreadable answer is charged its worst case (it may be billed); a
+  refusal (an HTTP error) costs nothing. Answers without ``usage`` leave the estimate
+  uncalibrated: their prompts are then charged one token a character (4x the estimate)
+  plus ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = ["Budget", "Gate", "Meter"]
 
 _NO_USAGE_RATIO = 4.0  # characters/4 is the estimate: a token is at least one character
 _CALIBRATED = 16  # answers before the estimates are trusted (the budget's slow start)
+_UNDERESTIMATE = 10  # how wrong a first estimate may be: slow start only when that matters
 _CAP_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n"})
 
 
@@ -242,9 +245,10 @@ class Gate:
         cost = worst_cost(endpoint, self.meter, job.prompt, job.cap)
         if not budget.fits(cost):
             return False
-        if (self.meter.seen < _CALIBRATED and budget.in_flight
-                and budget.reserved + cost > budget.spent):
-            return False  # slow start: the estimates are not calibrated yet
+        at_risk = budget.reserved + cost
+        if (self.meter.seen < _CALIBRATED and budget.in_flight and at_risk > budget.spent
+                and at_risk * _UNDERESTIMATE > budget.limit - budget.spent):
+            return False  # slow start: not calibrated, and a bad estimate could overrun
         budget.reserve(cost)
         job.cost = cost
         return True

@@ -39,8 +39,9 @@ class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
     __slots__ = ("endpoint", "headers", "health", "hold_until", "in_flight", "index", "key",
-                 "learn_rate", "learn_tokens", "limiter", "max_wait", "model", "name", "share",
-                 "stats", "timeout", "tokens", "transport", "url")
+                 "learn_rate", "learn_tokens", "learned_rpm", "learned_tpm", "limiter",
+                 "max_wait", "model", "name", "share", "stats", "timeout", "tokens",
+                 "transport", "url")
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -58,6 +59,7 @@ class Target:
         self.limiter = _endpoint_limiter(rate) if rate else None
         self.tokens = TokenBucket(endpoint.tpm / 60) if endpoint.tpm else None
         self.learn_rate, self.learn_tokens = rate is None, self.tokens is None
+        self.learned_rpm = self.learned_tpm = 0
         self.hold_until = 0.0  # the provider said none is left until then (headers)
         self.share = 1.0  # of the limits learned from headers (1/N with --workers N)
         self.max_wait = config.max_retry_after
@@ -81,24 +83,24 @@ class Target:
         needs, for the time the refill takes (OpenAI's reset is when the bucket is full
         again). A reset past ``max_retry_after`` (a daily limit) puts the endpoint out for
         that long."""
-        if self.learn_rate and limits.limit_requests:
-            self.learn_rate = False
-            self.limiter = _endpoint_limiter(limits.limit_requests * self.share / 60)
-            self._learned(f"rpm {limits.limit_requests:,}")
-        if self.learn_tokens and limits.limit_tokens:
-            self.learn_tokens = False
-            self.tokens = TokenBucket(limits.limit_tokens * self.share / 60)
-            self._learned(f"tpm {limits.limit_tokens:,}")
+        rpm, tpm = limits.limit_requests, limits.limit_tokens
+        if self.learn_rate and rpm and rpm != self.learned_rpm:  # learned, or changed
+            self.learned_rpm = rpm
+            self.limiter = _endpoint_limiter(rpm * self.share / 60)
+            self._learned(f"rpm {rpm:,}")
+        if self.learn_tokens and tpm and tpm != self.learned_tpm:
+            self.learned_tpm = tpm
+            self.tokens = TokenBucket(tpm * self.share / 60)
+            self._learned(f"tpm {tpm:,}")
         wait = 0.0
         if limits.remaining_requests == 0 and limits.reset_requests:
             wait = limits.reset_requests
-        remaining, reset, limit = (limits.remaining_tokens, limits.reset_tokens,
-                                   limits.limit_tokens)
+        remaining, reset = limits.remaining_tokens, limits.reset_tokens
         if remaining is not None and reset and remaining < max(need, 1):
-            if remaining == 0 or limit is None or limit <= remaining:
-                wait = max(wait, reset)
-            else:
-                wait = max(wait, min(reset, reset * (need - remaining) / (limit - remaining)))
+            # until enough is back at the per-minute rate (buckets may hold less than a
+            # minute's worth), and never past the reset, when all of it is back
+            missing = max(need, 1) - remaining
+            wait = max(wait, reset if not tpm else min(reset, missing * 60 / tpm))
         if wait > self.max_wait:
             self.health.on_failure(now, "rate_limited", None, out_for=wait)
             self.stats.note = f"out: no requests left for {wait:,.0f} s (rate-limit headers)"
@@ -106,10 +108,13 @@ class Target:
             self.hold_until = max(self.hold_until, now + wait)
 
     def _learned(self, what: str) -> None:
+        """Say what was learned (the latest value of each limit)."""
         tail = " from its headers"
         note = self.stats.note
-        known = note[:-len(tail)] + ", " if note and note.endswith(tail) else "learned "
-        self.stats.note = f"{known}{what}{tail}"
+        parts = note[len("learned "):-len(tail)].split(", ") if note and note.endswith(
+            tail) else []
+        parts = [p for p in parts if p.split()[0] != what.split()[0]] + [what]
+        self.stats.note = f"learned {', '.join(parts)}{tail}"
 
 
 class EndpointPool:

@@ -27,6 +27,7 @@ class Provider:
         self.factor, self.answer, self.usage, self.latency = factor, answer, usage, latency
         self.billed = 0.0
         self.calls = 0
+        self.in_flight = self.most_in_flight = 0
 
     def cost(self, text: str) -> tuple[int, float]:
         prompt = int(len(text) / 4 * self.factor) + 7
@@ -34,7 +35,10 @@ class Provider:
 
     async def __call__(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(self.latency)
+        self.in_flight -= 1
         text = orjson.loads(body)["messages"][-1]["content"]
         prompt, cost = self.cost(text)
         self.billed += cost
@@ -75,3 +79,13 @@ def test_answers_without_usage_are_charged_their_worst_case():
     assert stats.stopped_by == "budget"
     assert provider.billed <= budget + one
     assert all(r.cost_usd is None for r in results.values())  # unknown, never made up
+
+
+def test_a_loose_budget_costs_no_time():
+    """Slow start only guards budgets a bad first estimate could overrun: with room for
+    far more than a wave of requests, the first wave goes out at full concurrency."""
+    provider = Provider(1.0)
+    one = provider.cost("word " * 200)[1]
+    results, stats = _run(provider, 200, 10_000 * one)
+    assert stats.stopped_by is None and all(r.ok for r in results.values())
+    assert provider.most_in_flight == 64  # the run's concurrency, from the first wave

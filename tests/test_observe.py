@@ -51,3 +51,11 @@ def test_limits_not_set_are_learned_and_shared_between_workers():
     mine = _target(rpm=60, tpm=1000)  # set by the user: never replaced by headers
     mine.observe(RateLimits(limit_requests=1200, limit_tokens=60_000), 0, now=0.0)
     assert mine.tokens.rate == 1000 / 60 and mine.stats.note is None
+
+
+def test_a_learned_limit_follows_the_provider_when_it_changes():
+    t = _target()
+    t.observe(RateLimits(limit_tokens=60_000), 0, now=0.0)
+    t.observe(RateLimits(limit_tokens=30_000), 0, now=1.0)
+    assert t.tokens.rate == 500.0
+    assert t.stats.note == "learned tpm 30,000 from its headers"
