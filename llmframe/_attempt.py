@@ -173,14 +173,18 @@ class Attempts:
             result.cost_usd = target.endpoint.cost(usage.prompt_tokens,
                                                    usage.completion_tokens)
             target.stats.record_usage(result)
-        self._settle(job, target, outcome, result.cost_usd)
+        charged = self._settle(job, target, outcome, result.cost_usd)
+        if usage is None and charged is not None:  # the budget's charge, marked as such
+            result.cost_usd, result.cost_estimated = charged, True
+            target.stats.record_usage(result)
         self.emit(result)
 
     def _settle(self, job: Job, target: Target, outcome: Answer | AttemptError,
-                cost: float | None) -> None:
+                cost: float | None) -> float | None:
         """Settle the attempt's reservations: tokens against the answer's usage (without
         one, against our count of the prompt and the answer; a refused request used none; a
-        lost one keeps its estimate), the budget against its cost."""
+        lost one keeps its estimate), the budget against its cost. Returns what the budget
+        charged for an answer without usage (its worst case), else None."""
         gate = self.dispatcher.gate
         if job.tokens:
             if isinstance(outcome, Answer):
@@ -207,6 +211,8 @@ class Attempts:
             billed = isinstance(outcome, Answer) or outcome.kind in _MAYBE_BILLED
             gate.budget.release(job.cost, cost if billed else 0.0)
             job.cost = 0.0
+            return cost
+        return None
 
     def _failed(self, job: Job, target: Target, error: AttemptError, sent_at: float,
                 latency: float) -> None:

@@ -122,6 +122,8 @@ def success_record(result: Result) -> dict[str, Any]:
             usage["reasoning_tokens"] = result.reasoning_tokens
     if result.cost_usd is not None:
         record["cost_usd"] = result.cost_usd
+        if result.cost_estimated:
+            record["cost_estimated"] = True
     return record
 
 

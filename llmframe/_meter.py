@@ -14,11 +14,11 @@ used once answered, and the budget.
   recent provider/estimate ratio, and ``max_tokens``, else the largest answer seen or
   ``output_tokens``) stays within the budget. When it does not fit but requests are in
   flight, the run waits for them (their real cost is usually lower); when nothing is in
-  flight, the budget is reached: the run stops sending. Until a few answers have shown
-  how the provider counts, and only if ten times the worst cases in flight would pass
-  what is left of the budget, they may not exceed what was already spent (one request at
-  first, then doubling each round trip, like TCP's slow start): a first wave of
-  underestimated requests cannot overrun a tight budget, and a loose one costs no time.
+  flight, the budget is reached: the run stops sending. Until 16 answers have shown how
+  the provider counts, at most twice as many requests as answers so far are in flight
+  (one at first, then doubling each round trip, like TCP's slow start; a few round trips
+  at the start of a budget run): a first wave of requests the estimate gets badly wrong
+  (files, audio, large images) cannot overrun the budget.
   A timeout or an unreadable answer is charged its worst case (it may be billed); a
   refusal (an HTTP error) costs nothing. Answers without ``usage`` leave the estimate
   uncalibrated: their prompts are then charged one token a character (4x the estimate)
@@ -42,7 +42,6 @@ __all__ = ["Budget", "Gate", "Meter"]
 
 _NO_USAGE_RATIO = 4.0  # characters/4 is the estimate: a token is at least one character
 _CALIBRATED = 16  # answers before the estimates are trusted (the budget's slow start)
-_UNDERESTIMATE = 10  # how wrong a first estimate may be: slow start only when that matters
 _CAP_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n"})
 
 
@@ -206,8 +205,12 @@ class Budget:
 
 
 def worst_cost(endpoint: Endpoint, meter: Meter, prompt: int, cap: int | None) -> float:
-    """The most one request could cost at ``endpoint`` (for the budget)."""
-    tokens_in = math.ceil(prompt * max(meter.ratio_high, 1.0))
+    """The most one request could cost at ``endpoint`` (for the budget): its prompt scaled
+    by the highest recent ratio of the provider's count to ours (before any answer: one
+    token a character), plus the most its answer may use."""
+    # before any answer, nothing says how the provider counts: one token a character
+    ratio = max(meter.ratio_high, 1.0) if meter.seen else _NO_USAGE_RATIO
+    tokens_in = math.ceil(prompt * ratio)
     return endpoint.cost(tokens_in, meter.worst_case_out(cap)) or 0.0
 
 
@@ -245,10 +248,9 @@ class Gate:
         cost = worst_cost(endpoint, self.meter, job.prompt, job.cap)
         if not budget.fits(cost):
             return False
-        at_risk = budget.reserved + cost
-        if (self.meter.seen < _CALIBRATED and budget.in_flight and at_risk > budget.spent
-                and at_risk * _UNDERESTIMATE > budget.limit - budget.spent):
-            return False  # slow start: not calibrated, and a bad estimate could overrun
+        seen = self.meter.seen
+        if seen < _CALIBRATED and budget.in_flight > 2 * seen:
+            return False  # slow start: the estimates are not calibrated yet
         budget.reserve(cost)
         job.cost = cost
         return True

@@ -38,6 +38,7 @@ class Result:
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
+    cost_estimated: bool = False  # no usage: cost_usd is the worst case the budget charged
 
     @property
     def ok(self) -> bool:

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-__all__ = ["IMAGE_TOKENS", "IMAGE_TOKENS_HIGH", "REPLY_PRIMING", "TOKENS_PER_MESSAGE",
+__all__ = ["IMAGE_TOKENS", "IMAGE_TOKENS_HIGH", "MEDIA_TOKENS", "REPLY_PRIMING",
+           "TOKENS_PER_MESSAGE",
            "cached_encoding_file", "chars_tokens", "estimate_prompt_tokens", "output_tokens",
            "request_text", "tiktoken_counter"]
 
@@ -34,6 +35,7 @@ TOKENS_PER_MESSAGE = 4  # OpenAI's cookbook: ~3 per message, plus 1 for the role
 REPLY_PRIMING = 3  # every chat reply is primed with <|start|>assistant<|message|>
 IMAGE_TOKENS = 85  # a low-detail image (OpenAI); high detail costs 85 + 170 a 512 px tile
 IMAGE_TOKENS_HIGH = 765  # a 1024 x 1024 image at high (or auto) detail: 85 + 4 x 170
+MEDIA_TOKENS = 1500  # a file or audio part: about a PDF page or a minute of audio
 
 _IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 _MEDIA_TYPES = frozenset({"input_audio", "audio", "file", "input_file", "document"})
@@ -69,13 +71,14 @@ def _json(value: Any) -> str:
 class _Walk:
     """The text pieces, messages and images of one request body."""
 
-    __slots__ = ("images", "images_high", "messages", "pieces")
+    __slots__ = ("images", "images_high", "media", "messages", "pieces")
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.messages = 0
         self.images = 0
         self.images_high = 0
+        self.media = 0
 
     def content(self, value: Any, depth: int = 0) -> None:
         """Message content: a string, a list of parts, or one part."""
@@ -105,6 +108,8 @@ class _Walk:
                     self.images += 1
                 else:
                     self.images_high += 1
+            else:
+                self.media += 1
             return
         text = part.get("text")
         if isinstance(text, str):
@@ -193,8 +198,9 @@ def estimate_prompt_tokens(body: Mapping[str, Any],
     """Prompt tokens of a request: its :func:`request_text` counted by ``count`` (default:
     its characters, without the line breaks, over 4), plus :data:`TOKENS_PER_MESSAGE` a
     message and :data:`REPLY_PRIMING` for a chat, plus :data:`IMAGE_TOKENS` a low-detail
-    image and :data:`IMAGE_TOKENS_HIGH` any other (providers charge by size: a large image
-    can cost more; the answers' usage corrects the estimate as the run goes).
+    image and :data:`IMAGE_TOKENS_HIGH` any other, :data:`MEDIA_TOKENS` a file or audio
+    part (providers charge by size: these are rough; the answers' usage corrects the
+    estimate as the run goes, and a budget run starts slowly until it has).
 
     >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "Hello there"}]})
     10
@@ -212,7 +218,8 @@ def estimate_prompt_tokens(body: Mapping[str, Any],
             tokens = int(count("\n".join(walk.pieces)))
     priming = REPLY_PRIMING if walk.messages else 0
     return max(tokens, 0) + TOKENS_PER_MESSAGE * walk.messages + priming \
-        + IMAGE_TOKENS * walk.images + IMAGE_TOKENS_HIGH * walk.images_high
+        + IMAGE_TOKENS * walk.images + IMAGE_TOKENS_HIGH * walk.images_high \
+        + MEDIA_TOKENS * walk.media
 
 
 def _positive(value: Any) -> int | None:

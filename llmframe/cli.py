@@ -1,9 +1,7 @@
 """The ``llmframe`` command line.
 
-Exit codes of ``llmframe run``: 0 every row answered; 1 some rows ended as errors (see the
-errors file); 2 bad usage or configuration (nothing was sent); 3 stopped by the budget;
-130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM — finished rows are saved; rerun
-with --resume.
+Exit codes of ``llmframe run``: 0 every row answered; 1 some rows ended as errors; 2 bad
+usage or configuration (nothing sent); 3 stopped by the budget; 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -91,10 +89,10 @@ def cli() -> None:
 @click.option("--requests_filepath", "requests_alias", type=click.Path(path_type=Path),
               help="Same as REQUESTS (the original tool's flag).")
 @click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
-              help="Endpoint URL, or url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,"
-                   "tpm=N,concurrency=N,timeout=S,price_in=USD,price_out=USD (prices per 1M "
-                   "tokens). rpm/tpm not set are learned from the provider's rate-limit "
-                   "headers. Repeat for several.")
+              help="Endpoint URL, or key=value pairs joined by commas, e.g. "
+                   "url=URL,weight=3,tpm=30000. Keys: url weight model key_env rps rpm tpm "
+                   "concurrency timeout price_in price_out (USD per 1M tokens). rpm/tpm not "
+                   "set are learned from the provider's rate-limit headers. Repeatable.")
 @click.option("--request_url", "request_urls", multiple=True, hidden=True,
               help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
@@ -115,7 +113,8 @@ def cli() -> None:
                    "counts them); endpoints may have their own tpm=/rpm=.")
 @click.option("--budget", type=float, default=None, metavar="USD",
               help="Stop sending before the spend would pass USD (needs price_in/price_out on "
-                   "every endpoint); exit code 3, rerun with --resume and a larger --budget.")
+                   "every endpoint); exit code 3. For the whole job: --resume counts what the "
+                   "saved answers cost; --workers split it.")
 @click.option("--output-tokens", type=int, default=512,
               help="Answer tokens reserved per request that sets no max_tokens, until answers "
                    "show the real size (token limits, budget, --dry-run).")
@@ -124,7 +123,8 @@ def cli() -> None:
                    "with its encoding file already cached (never downloaded).")
 @click.option("--dry-run", is_flag=True,
               help="Read the whole file and report rows, invalid rows, tokens, cost per "
-                   "endpoint and time at the limits; send and write nothing.")
+                   "endpoint, where --budget stops and time at the limits; send and write "
+                   "nothing (with --resume: only the rows without a result).")
 @click.option("--max-attempts", "--max_attempts", "max_attempts", type=int, default=5,
               help="Attempts per row, the first included.")
 @click.option("--save", "--save_filepath", "save", type=click.Path(path_type=Path),
@@ -138,7 +138,8 @@ def cli() -> None:
 @click.option("--system", help="System prompt for chat requests.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Extra body parameter, VALUE parsed as JSON if it can be (temperature=0.2).")
-@click.option("--max-tokens", type=int, help="Shortcut for --param max_tokens=N.")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="Shortcut for --param max_tokens=N.")
 @click.option("--timeout", type=float, default=60.0, help="Seconds per attempt.")
 @click.option("--resume", is_flag=True,
               help="Continue a run whose outputs exist: send only rows with no result yet.")
@@ -284,10 +285,9 @@ def _dry_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
     from ._config import run_config
     from ._estimate import estimate_file
 
+    if not path.is_file():
+        raise UsageProblem(f"requests file not found: {path}")
     try:
-        if not path.is_file():
-            msg = f"requests file not found: {path}"
-            raise InputFileError(msg)
         report = estimate_file(path, run_config(endpoints, **options), **outputs)
     except (ConfigError, InputFileError) as exc:
         raise UsageProblem(str(exc)) from None

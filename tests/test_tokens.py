@@ -14,6 +14,7 @@ from llmframe import _tokens
 from llmframe._tokens import (
     IMAGE_TOKENS,
     IMAGE_TOKENS_HIGH,
+    MEDIA_TOKENS,
     cached_encoding_file,
     chars_tokens,
     estimate_prompt_tokens,
@@ -104,7 +105,8 @@ def test_estimate_counts_text_messages_priming_and_images():
                         {"role": "user", "content": [{"type": "text", "text": "abcd"},
                                                      IMAGE, IMAGE, AUDIO]}]}
     # images without detail "low" may be large: counted as a 1024 px high-detail image
-    assert estimate_prompt_tokens(two) == chars_tokens("abcdabcd") + 8 + 3 + 2 * IMAGE_TOKENS_HIGH
+    assert estimate_prompt_tokens(two) == (chars_tokens("abcdabcd") + 8 + 3
+                                           + 2 * IMAGE_TOKENS_HIGH + MEDIA_TOKENS)
     low = {"type": "image_url", "image_url": {"url": "x", "detail": "low"}}
     three = {"messages": [{"role": "user", "content": [low, low]}]}
     assert estimate_prompt_tokens(three) == 4 + 3 + 2 * IMAGE_TOKENS
@@ -112,7 +114,8 @@ def test_estimate_counts_text_messages_priming_and_images():
     assert estimate_prompt_tokens({"prompt": "数据处理" * 100}) == 500
     three = {"messages": [{"role": "user", "content": "abcd"}] * 3}  # as _meter's fast path
     assert estimate_prompt_tokens(three) == 3 + 12 + 3
-    assert estimate_prompt_tokens(two, count=lambda text: 2) == 2 + 8 + 3 + 2 * IMAGE_TOKENS_HIGH
+    assert estimate_prompt_tokens(two, count=lambda text: 2) == (2 + 8 + 3 + 2 * IMAGE_TOKENS_HIGH
+                                                                 + MEDIA_TOKENS)
 
 
 @pytest.mark.parametrize("count", [lambda t: 1 / 0, lambda t: "many", lambda t: None,
