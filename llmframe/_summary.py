@@ -89,7 +89,8 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
     count = f"{stats.done:,} of {stats.rows:,} rows"
     left = f", {stats.unfinished:,} not finished" if stats.unfinished else ""
     if stats.stopped_by == "budget":
-        head, count = "stopped by the budget after", f"{stats.done:,} rows"
+        head = "stopped by the budget after"
+        count = f"{stats.done:,} row" + ("" if stats.done == 1 else "s")
         left = f", {stats.not_sent:,} not sent" if stats.not_sent else ""
     out = [
         f"{head} {count} in {elapsed:.1f} s ({rate}): "
