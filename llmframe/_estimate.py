@@ -132,7 +132,7 @@ def _duration(seconds: float) -> str:
 def estimate_rows(rows: Iterable[Row], config: RunConfig, label: Any = None) -> Estimate:
     """The :class:`Estimate` of sending ``rows`` ((index, payload, reason) tuples)."""
     meter = Meter(config)
-    est = Estimate(output_default=config.output_tokens)
+    est = Estimate(output_default=config.output_tokens, budget=config.budget)
     for index, payload, reason in rows:
         if reason is None:
             try:
@@ -197,7 +197,6 @@ def estimate_file(path: Path, config: RunConfig, *, save: Path | None = None,
     if keep is not None:
         est.already_done = len(keep.done)  # type: ignore[attr-defined]
         est.spent_before = read_scan(save).spent
-    est.budget = config.budget
     return est
 
 
@@ -224,9 +223,7 @@ def estimate(data: Any, column: str | None = None, *,
         from ._files import LineLabel
 
         path = Path(data)
-        est = estimate_rows(iter_rows(path), cfg, LineLabel(path.name))
-        est.budget = cfg.budget
-        return est
+        return estimate_rows(iter_rows(path), cfg, LineLabel(path.name))
     from .functions import _prompts, _rows
 
     if column is None:
@@ -235,6 +232,4 @@ def estimate(data: Any, column: str | None = None, *,
         msg = "estimate(df, column): name the prompt column"
         raise ConfigError(msg)
     series = _prompts(data, column)
-    est = estimate_rows(_rows(series, 10_000, cfg.api), cfg, lambda i: f"row {i}")
-    est.budget = cfg.budget
-    return est
+    return estimate_rows(_rows(series, 10_000, cfg.api), cfg, lambda i: f"row {i}")

@@ -178,7 +178,7 @@ def run_file(
     if note and on_note is not None:
         on_note(note)
     if append and config.budget is not None:
-        config = _budget_left(config, read_scan(save_path).spent, save_path, on_note)
+        config = budget_left(config, read_scan(save_path).spent, save_path, on_note)
     job = FileRun(path, save_path, errors_path, config, progress=progress, append=append,
                   keep=keep)
     try:
@@ -196,9 +196,10 @@ def run_file(
     return job.stats
 
 
-def _budget_left(config: RunConfig, spent: float, where: Path,
-                 on_note: Callable[[str], None] | None) -> RunConfig:
-    """The budget is for the whole job: what the answers already saved cost counts."""
+def budget_left(config: RunConfig, spent: float, where: Path,
+                on_note: Callable[[str], None] | None) -> RunConfig:
+    """The budget is for the whole job: what the answers already saved in ``where`` (the
+    save file, a checkpoint) cost counts."""
     if not spent:
         return config
     left = config.budget - spent  # type: ignore[operator]

@@ -45,20 +45,6 @@ _CALIBRATED = 16  # answers before the estimates are trusted (the budget's slow 
 _CAP_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens", "n"})
 
 
-def _fast_chars(body: dict[str, Any]) -> int | None:
-    """Characters of a plain chat body (string contents only), or None for anything else."""
-    messages = body.get("messages")
-    if type(messages) is not list:
-        return None
-    total = 0
-    for m in messages:
-        content = m.get("content") if type(m) is dict else None
-        if type(content) is not str or len(m) > 2 or not content.isascii():
-            return None
-        total += len(content)
-    return total
-
-
 class Meter:
     """Token estimates of one run, learning from the answers' usage.
 
@@ -96,10 +82,6 @@ class Meter:
 
     def prompt_tokens(self, body: dict[str, Any]) -> int:
         """Our own count of a request's prompt tokens (before scaling)."""
-        if self._count is None:
-            chars = _fast_chars(body)
-            if chars is not None:
-                return -(-chars // 4) + 4 * len(body["messages"]) + 3
         return estimate_prompt_tokens(body, self._count)
 
     @staticmethod

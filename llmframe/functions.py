@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from ._checkpoint import Checkpoint, record_of
 from ._config import EndpointLike, RunConfig, run_config
 from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
-from ._files import budget_reached
+from ._files import budget_left, budget_reached
 from ._json import loads
 from ._results import Result, Row, RunStats
 from ._runner import run_sync
@@ -61,6 +61,12 @@ class _Collected:
 
     def put(self, r: Result) -> None:
         self.restore(record_of(r))
+
+    def mark_unanswered(self, series: pl.Series, why: str) -> None:
+        """Give every row that was to be sent but has no result the error ``why``."""
+        for i, text in enumerate(series.to_list()):
+            if text is not None and self.response[i] is None and self.error[i] is None:
+                self.error[i] = why
 
     def restore(self, rec: Mapping[str, Any]) -> None:
         """Fill row ``rec["index"]`` from a result or checkpoint line."""
@@ -124,8 +130,8 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
     for record in done.values():
         out.restore(record)
         spent += record.get("cost_usd") or 0.0
-    if spent and config.budget is not None:  # the budget is for the whole job
-        config = replace(config, budget=max(config.budget - spent, 1e-12))
+    if checkpoint is not None and config.budget is not None:  # for the whole job
+        config = budget_left(config, spent, checkpoint.path, None)
     total = len(series) - series.null_count() - len(done)
     bar = Progress(stats, total, enabled=progress and total > 0, desc="llm")
     if checkpoint is not None:
@@ -254,9 +260,7 @@ def _interrupted_frame(df: pl.DataFrame, series: pl.Series, out: _Collected, *,
                        why: str = "not answered: the run was interrupted", **kw: Any
                        ) -> pl.DataFrame:
     global _last_partial
-    for i, text in enumerate(series.to_list()):
-        if text is not None and out.response[i] is None and out.error[i] is None:
-            out.error[i] = why
+    out.mark_unanswered(series, why)
     _last_partial = _frame_out(df, out, **kw)
     return _last_partial
 
@@ -331,9 +335,7 @@ def complete_expr(
         out = _Collected(len(series))
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
         if out.stats.stopped_by == "budget":  # no frame to carry: the rows say it
-            for i, text in enumerate(series.to_list()):
-                if text is not None and out.response[i] is None and out.error[i] is None:
-                    out.error[i] = _NOT_SENT
+            out.mark_unanswered(series, _NOT_SENT)
         return pl.Series(series.name, [
             {"response": r, "error": e} for r, e in zip(out.response, out.error, strict=True)
         ], dtype=RESULT_DTYPE)
