@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cached import cached_runs
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
@@ -178,6 +180,9 @@ def main() -> None:
         # token accounting on (estimate, buckets, settling), limits too high to bind
         ("llmframe run, tpm set", [*llmframe_cmd(req0, tmp / "t0.out", 1e6, 256, 1,
                                                  "url={url},tpm=1e12"), "--tpm", "1e12"]),
+        # structured output: response_format on the wire, every answer parsed and validated
+        ("llmframe run --schema", [*llmframe_cmd(req0, tmp / "s0.out", 1e6, 256, 1),
+                                   "--schema", str(_schema_file(tmp))]),
     ]:
         out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
         results.append(measure("latency 0", client, cmd, 0.0, args.n0, out, timeout))
@@ -209,15 +214,40 @@ def main() -> None:
     # 4. polars path vs the engine alone, in one process each
     polars = _polars_vs_engine(args.n0 if not args.quick else 2_000)
 
+    # 5. the response cache: a rerun answered entirely from it, CLI and polars
+    ep = Endpoint(0.0)
+    try:
+        cached = cached_runs(make_requests(tmp / "c.jsonl", args.n0 * 2), ep.url, tmp)
+    finally:
+        ep.stop()
+
     _print_table(results, polars)
+    _print_cached(cached)
     (args.out / "results.json").write_text(json.dumps(
-        {"machine": _machine(), "results": [asdict(r) for r in results], "polars": polars},
-        indent=1))
+        {"machine": _machine(), "results": [asdict(r) for r in results], "polars": polars,
+         "cached": cached}, indent=1))
     _plot([r for r in results if r.scenario == "latency 1 s"], args.out / "throughput_1s.png",
           args.rate)
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
+
+
+def _schema_file(tmp: Path) -> Path:
+    """A small JSON Schema for the structured-output row (the endpoint builds the answer)."""
+    path = tmp / "schema.json"
+    path.write_text(json.dumps({"type": "object", "properties": {
+        "answer": {"type": "string"}, "value": {"type": "integer"},
+        "confident": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+    }, "required": ["answer", "value", "confident", "tags"]}))
+    return path
+
+
+def _print_cached(cached: dict[str, dict[str, float]]) -> None:
+    print("\nresponse cache, latency 0 (rows/s: of the run itself / of the whole process):")
+    for name, fig in cached.items():
+        print(f"  {name:<16} {fig['rows']:>9,.0f} rows  {fig['run_rows_s']:>9,.0f} rows/s  "
+              f"{fig['process_rows_s']:>9,.0f} rows/s")
 
 
 def _polars_vs_engine(n: int, repeat: int = 3) -> dict[str, float]:
@@ -265,6 +295,11 @@ def _print_table(results: list[Figures], polars: dict[str, float]) -> None:
         change = tpm.client_cpu_us / plain.client_cpu_us - 1
         print(f"\ntoken limits on (tpm set, not binding): client CPU {tpm.client_cpu_us:.1f} "
               f"vs {plain.client_cpu_us:.1f} µs/req ({change:+.0%})")
+    schema = by.get(("latency 0", "llmframe run --schema"))
+    if plain and schema and plain.client_cpu_us:
+        change = schema.client_cpu_us / plain.client_cpu_us - 1
+        print(f"structured output (--schema, every answer validated): client CPU "
+              f"{schema.client_cpu_us:.1f} vs {plain.client_cpu_us:.1f} µs/req ({change:+.0%})")
     print(f"\npolars df.llm.complete vs the engine alone (latency 0, best of 3): "
           f"wall {polars['polars_wall']:.2f} vs {polars['engine_wall']:.2f} s "
           f"(ratio {polars['wall_ratio']:.3f}), CPU {polars['polars_cpu']:.2f} vs "

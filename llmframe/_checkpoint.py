@@ -118,4 +118,5 @@ def record_of(r: Result) -> dict[str, Any]:
         "cached_tokens": r.cached_tokens, "reasoning_tokens": r.reasoning_tokens,
         "cost_usd": r.cost_usd,
         "finish_reason": r.finish_reason, "error_type": r.error_type, "status": r.status,
+        "cached": r.cached, "raw_response": r.raw_response,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ._attempt import Job
 from ._config import RunConfig
@@ -20,7 +21,7 @@ from ._pool import EndpointPool, Target
 from ._protocols import RowError, prepare
 from ._results import Result, Row, RunStats
 
-__all__ = ["Dispatcher", "RetryQueue"]
+__all__ = ["Bell", "Dispatcher", "PlainRows", "RetryQueue", "job_of"]
 
 
 class RetryQueue:
@@ -109,25 +110,66 @@ def job_of(row: Row, config: RunConfig, label: Callable[[int], str] | None
     return Result(index, payload, error=reason, error_type="invalid_input")
 
 
-class Dispatcher:
-    """Feeds attempts to ``launch(job, target)`` within the run's limits."""
+class PlainRows:
+    """The rows as jobs, read one at a time (without a cache; with one, the rows come
+    through a ``_cached.CachedFeed``, which has the same four members)."""
 
-    def __init__(self, rows: Iterable[Row], config: RunConfig, pool: EndpointPool,
+    __slots__ = ("config", "done", "emit", "label", "rows", "stats", "wake")
+
+    def __init__(self, rows: Iterable[Row], config: RunConfig, stats: RunStats,
+                 emit: Callable[[Result], None], label: Callable[[int], str] | None) -> None:
+        self.rows: Iterator[Row] | None = iter(rows)
+        self.config = config
+        self.stats = stats
+        self.emit = emit
+        self.label = label  # names a row in its error: "requests.jsonl line 8"
+        self.done = False
+        self.wake: Callable[[], None] = lambda: None
+
+    def pop(self) -> Job | None:
+        """The next row's job; a row that cannot be sent gets its error now; None at the
+        end (``done``)."""
+        rows = self.rows
+        while rows is not None:
+            row = next(rows, None)
+            if row is None:
+                break
+            self.stats.rows += 1
+            job = job_of(row, self.config, self.label)
+            if isinstance(job, Job):
+                return job
+            self.emit(job)
+        self.rows, self.done = None, True
+        return None
+
+    def drop(self) -> int:
+        return 0  # nothing read is held
+
+    def unread(self) -> int:
+        """Count (and skip) the rows never read."""
+        rows, self.rows = self.rows, None
+        return 0 if rows is None else sum(1 for _ in rows)
+
+
+class Dispatcher:
+    """Feeds attempts to ``launch(job, target)`` within the run's limits; new rows come
+    from ``feed`` (a :class:`PlainRows` or a ``CachedFeed``)."""
+
+    def __init__(self, feed: Any, config: RunConfig, pool: EndpointPool,
                  stats: RunStats, launch: Callable[[Job, Target], None],
-                 emit: Callable[[Result], None],
-                 label: Callable[[int], str] | None = None) -> None:
-        self.rows: Iterator[Row] = iter(rows)
+                 emit: Callable[[Result], None]) -> None:
+        self.feed = feed
         self.config = config
         self.pool = pool
         self.stats = stats
         self.launch = launch
         self.emit = emit
-        self.label = label  # names a row in its error: "requests.jsonl line 8"
         self.pacer = Pacer(config.rps) if config.rps else None
         self.gate = Gate(config)
         self.bell = Bell()
         self.wake, self._sleep = self.bell.ring, self.bell.wait
         self.retries = RetryQueue(self.wake)
+        feed.wake = self.wake
         self.in_flight = 0
         self.holding: Job | None = None  # taken from the rows or retries, not yet sent
         self.stopping = False
@@ -144,7 +186,7 @@ class Dispatcher:
     def abandon(self) -> int:
         """The run is being cancelled: forget every row not finished (waiting, held);
         returns how many (in-flight attempts are the caller's to count)."""
-        count = self.retries.drop() + (self.holding is not None)
+        count = self.retries.drop() + (self.holding is not None) + self.feed.drop()
         self.holding = None
         return count
 
@@ -154,22 +196,14 @@ class Dispatcher:
         else:
             self.retries.schedule(job, wait)
 
-    def _next(self) -> Job | bool | None:
-        """The next job; None when a row needed no request; False when there is nothing
-        to do now; True when the run is over."""
-        job = self.retries.pop()
+    def _next(self) -> Job | bool:
+        """The next job; False when there is nothing to do now; True when the run is
+        over."""
+        job = self.retries.pop() or self.feed.pop()
         if job is not None:
             return job
-        if self.rows is not None:
-            row = next(self.rows, None)
-            if row is not None:
-                self.stats.rows += 1
-                job = job_of(row, self.config, self.label)
-                if isinstance(job, Result):  # a row that cannot be sent: its error now
-                    self.emit(job)
-                    return None
-                return job
-            self.rows = None  # type: ignore[assignment]
+        if not self.feed.done:
+            return False
         return not (self.in_flight or len(self.retries))
 
     async def run(self) -> None:
@@ -180,8 +214,6 @@ class Dispatcher:
                 return
             if job is False:
                 await self._sleep()
-                continue
-            if job is None:
                 continue
             self.holding = job
             while self.in_flight >= concurrency and not self.stopping:
@@ -195,8 +227,9 @@ class Dispatcher:
             if target.limiter is not None:
                 await target.limiter.acquire()  # never waits: pick checked has_capacity
             self._launch(job, target)
-        if self.stats.stopped_by is not None and self.rows is not None:
-            self.stats.unsent += sum(1 for _ in self.rows)  # never read: counted, not sent
+        self.stats.unfinished += self.feed.drop()
+        if self.stats.stopped_by is not None:
+            self.stats.unsent += self.feed.unread()  # never read: counted, not sent
         while self.in_flight:  # stopping: let what is in flight finish (the caller bounds it)
             await self._sleep()
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
-from ._attempt import Attempts
+from ._cached import CachedFeed, CacheLink
 from ._config import RunConfig
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, PlainRows
 from ._exceptions import StoreError
 from ._gc import Collector, gc_paused
+from ._outcomes import Attempts
 from ._pool import EndpointPool
 from ._results import Result, Row, RunStats
 from ._retry import RetryPolicy
@@ -52,6 +54,7 @@ class _Run:
         self.failure: BaseException | None = None
         self.control: RunControl | None = None
         self._consumer_wake: asyncio.Future[None] | None = None
+        self.cache: CacheLink | None = None
 
     # -- results --------------------------------------------------------------------------
     def emit(self, result: Result) -> None:
@@ -96,10 +99,13 @@ class _Run:
             await asyncio.sleep(period)
             now = loop.time()
             collector.tick(now)
-            if self.sink is not None and now >= next_flush:
+            if now >= next_flush:
                 next_flush = now + _FLUSH_EVERY
+                if self.cache is not None:
+                    self.cache.flush_soon()
                 try:
-                    self.sink.flush()
+                    if self.sink is not None:
+                        self.sink.flush()
                 except Exception as exc:
                     self._fail("results", exc)
             self.attempts.expire(now)
@@ -112,21 +118,28 @@ class _Run:
         self.stats.budget = self.config.budget
         self.attempts = Attempts(self.config, self.pool, self.policy, Secrets(self.pool.keys),
                                  self.stats, self.emit)
-        self.dispatcher = Dispatcher(self.rows, self.config, self.pool, self.stats,
-                                     self.attempts.launch, self.emit, self.label)
+        self.cache = await CacheLink.open(self.config.cache, self.stats, self.pool)
+        self.attempts.cache = self.cache.client if self.cache is not None else None
+        feed = (PlainRows(self.rows, self.config, self.stats, self.emit, self.label)
+                if self.cache is None else
+                CachedFeed(self.rows, self.config, self.cache.client, self.emit, self.stats,
+                           [t.model for t in self.pool.targets], self.label))
+        self.dispatcher = Dispatcher(feed, self.config, self.pool, self.stats,
+                                     self.attempts.launch, self.emit)
         self.attempts.dispatcher = self.dispatcher
         if self.control is not None:
             self.control._attach(self.dispatcher)
         self.stats.started = loop.time()
         with gc_paused():
-            dispatching = loop.create_task(self.dispatcher.run())
-            sweeper = loop.create_task(self.sweep())
+            helpers = [loop.create_task(self.dispatcher.run()), loop.create_task(self.sweep())]
+            if isinstance(feed, CachedFeed):
+                helpers.append(loop.create_task(feed.run()))
             try:
-                async for batch in self._consume(dispatching):
+                async for batch in self._consume(helpers[0]):
                     yield batch
             finally:
                 self.stats.finished = loop.time()
-                await self._close(dispatching, sweeper)
+                await self._close(*helpers)
         if self.failure is not None:
             raise self.failure
 
@@ -147,7 +160,7 @@ class _Run:
             finally:
                 self._consumer_wake = None
 
-    async def _close(self, *helpers: asyncio.Task[None]) -> None:
+    async def _close(self, *helpers: asyncio.Task[Any]) -> None:
         # cancelled (a grace period ran out, or the consumer left): rows in flight, waiting
         # or held get no result; count them, so "not finished" is every row without one
         cut = sum(not t.done() for t in self.attempts.tasks)
@@ -158,6 +171,8 @@ class _Run:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.pool.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self.sink is not None and self.failure is None:
             try:
                 self.sink.flush()

@@ -84,8 +84,8 @@ def _result(row: dict[str, Any]) -> Result:
         prompt_tokens=row.get("prompt_tokens"), completion_tokens=row.get("completion_tokens"),
         cached_tokens=row.get("cached_tokens"), reasoning_tokens=row.get("reasoning_tokens"),
         cost_usd=row.get("cost_usd"), finish_reason=row.get("finish_reason"),
-        error_type=row.get("error_type"),
-        status=row.get("status"),
+        error_type=row.get("error_type"), status=row.get("status"),
+        cached=bool(row.get("cached")), raw_response=row.get("raw_response"),
     )
     if row.get("read_error") is not None:
         result.error, result.error_type = row["read_error"], "invalid_input"

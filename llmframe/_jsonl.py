@@ -11,9 +11,13 @@ kept, verbatim, under ``request`` — so an input field named ``index``, ``statu
 
     save:   {"index": 7, "request": {...the input line...}, "response": ..., "attempts": 1,
              "endpoint": ..., "latency_ms": ..., "finish_reason": ..., "usage": {...},
-             "cost_usd": ...}
+             "cost_usd": ..., "cached": true}
     errors: {"index": 7, "input": ..., "request": {...}, "error": ..., "error_type": ...,
-             "status": ..., "attempts": ..., "endpoint": ...}
+             "status": ..., "attempts": ..., "endpoint": ..., "raw_response": ...}
+
+With a schema, ``response`` is the parsed JSON object. ``cached`` appears (true) only on
+answers from the response cache; ``raw_response`` only on rows whose answer broke the
+schema.
 
 ``index`` is the 0-based line number in the requests file (what ``--resume`` matches on).
 In the errors file ``input`` repeats the request's ``input`` (null when it has none), or is
@@ -124,6 +128,8 @@ def success_record(result: Result) -> dict[str, Any]:
         record["cost_usd"] = result.cost_usd
         if result.cost_estimated:
             record["cost_estimated"] = True
+    if result.cached:
+        record["cached"] = True
     return record
 
 
@@ -135,8 +141,13 @@ def error_record(result: Result) -> dict[str, Any]:
     else:
         text = payload.get("input") if isinstance(payload, dict) else None
         request = payload
-    return {
+    record = {
         "index": result.index, "input": text, "request": request, "error": result.error,
         "error_type": result.error_type, "status": result.status,
         "attempts": result.attempts, "endpoint": result.endpoint,
     }
+    if result.raw_response is not None:  # the answer that broke the schema, verbatim
+        record["raw_response"] = result.raw_response
+    if result.cost_usd is not None:  # what its answers cost, though none was kept
+        record["cost_usd"] = result.cost_usd
+    return record

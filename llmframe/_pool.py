@@ -23,6 +23,7 @@ from ._pacer import TokenBucket
 from ._ratelimits import RateLimits
 from ._results import EndpointStats
 from ._retry import over_limit
+from ._structured import Formats
 from ._transport import Transport, open_transport
 
 __all__ = ["EndpointPool", "Target"]
@@ -38,10 +39,30 @@ def _endpoint_limiter(rps: float) -> AsyncLimiter:
 class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
-    __slots__ = ("endpoint", "headers", "health", "hold_until", "in_flight", "index", "key",
-                 "learn_rate", "learn_tokens", "learned_rpm", "learned_tpm", "limiter",
-                 "max_wait", "model", "name", "share", "stats", "timeout", "tokens",
-                 "transport", "url")
+    __slots__ = (
+        "endpoint",
+        "formats",
+        "headers",
+        "health",
+        "hold_until",
+        "in_flight",
+        "index",
+        "key",
+        "learn_rate",
+        "learn_tokens",
+        "learned_rpm",
+        "learned_tpm",
+        "limiter",
+        "max_wait",
+        "model",
+        "name",
+        "share",
+        "stats",
+        "timeout",
+        "tokens",
+        "transport",
+        "url",
+    )
 
     def __init__(self, index: int, endpoint: Endpoint, config: RunConfig) -> None:
         self.index = index
@@ -67,6 +88,8 @@ class Target:
         self.health = Health(max_in_flight)
         self.in_flight = 0
         self.stats = EndpointStats(self.name, endpoint.weight, priced=endpoint.priced)
+        # the response_format form it is asked in (structured output only)
+        self.formats = Formats(config.schema) if config.schema is not None else None
         self.transport: Transport
 
     def eligible(self, now: float, level: int = 0) -> bool:

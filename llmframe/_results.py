@@ -39,6 +39,8 @@ class Result:
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
     cost_estimated: bool = False  # no usage: cost_usd is the worst case the budget charged
+    raw_response: str | None = None  # an answer that broke the schema, as the model wrote it
+    cached: bool = False  # answered from the response cache: no request was sent
 
     @property
     def ok(self) -> bool:
@@ -86,7 +88,8 @@ class EndpointStats:
 class RunStats:
     """Counters a run keeps up to date; read them for progress and the final summary.
 
-    ``rows`` read, ``ok`` answered, ``errors`` ended as errors, ``retries`` attempts after
+    ``rows`` read, ``ok`` answered (``cached`` of them from the response cache, free),
+    ``errors`` ended as errors, ``retries`` attempts after
     the first, ``unfinished`` rows a stopped run left without a result, ``unsent`` rows
     not even read because the run stopped (``stopped_by == "budget"``), ``endpoints`` one
     :class:`EndpointStats` each; ``prompt_tokens``, ``completion_tokens`` and
@@ -109,6 +112,8 @@ class RunStats:
     unsent: int = 0
     stopped_by: str | None = None
     budget: float | None = None
+    cached: int = 0
+    cache_path: str | None = None
 
     @property
     def prompt_tokens(self) -> int:

@@ -96,6 +96,9 @@ def format_summary(stats: RunStats, weights: list[float], *, labels: dict[str, s
         f"{head} {count} in {elapsed:.1f} s ({rate}): "
         f"{stats.ok:,} ok, {stats.errors:,} errors, {stats.retries:,} retries{left}"
     ]
+    if stats.cache_path is not None:
+        out.append(f"  cached {stats.cached:,} (answered from the cache, free; "
+                   f"{stats.cache_path})")
     spend = spend_line(stats)
     if spend:
         out.append(f"  {spend}")
@@ -153,6 +156,8 @@ class Progress:
             extra["tokens"] = f"{tokens:,}"
         if s.cost_usd is not None:
             extra["spent"] = usd(s.cost_usd)
+        if s.cached:
+            extra["cached"] = f"{s.cached:,}"
         self.bar.set_postfix(ok=str(s.ok), err=str(s.errors), retries=str(s.retries),
                              inflight=str(s.in_flight), **extra, refresh=False)
 

@@ -67,6 +67,7 @@ def _snapshot(stats: RunStats, final: bool, failure: str | None = None) -> dict[
         "rows": stats.rows, "ok": stats.ok, "errors": stats.errors, "retries": stats.retries,
         "in_flight": stats.in_flight, "final": final, "failure": failure,
         "unfinished": stats.unfinished, "unsent": stats.unsent, "stopped_by": stats.stopped_by,
+        "cached": stats.cached, "cache_path": stats.cache_path,
         "endpoints": [(e.sent, e.ok, e.failed_attempts, e.cooldowns, e.throttled,
                        e.latencies if final else None, e.prompt_tokens, e.completion_tokens,
                        e.cost_usd, e.note) for e in stats.endpoints],
@@ -237,6 +238,8 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     stats.unfinished = sum(s["unfinished"] for s in values)
     stats.unsent = sum(s["unsent"] for s in values)
     stats.stopped_by = next((s["stopped_by"] for s in values if s["stopped_by"]), None)
+    stats.cached = sum(s["cached"] for s in values)
+    stats.cache_path = next((s["cache_path"] for s in values if s["cache_path"]), None)
     stats.in_flight = sum(s["in_flight"] for s in values if not s["final"])
     stats.budget = config.budget
     eps = [EndpointStats(ep.name, ep.weight, priced=ep.priced) for ep in config.endpoints]

@@ -13,10 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from . import __version__
-from ._config import Endpoint, coerce_endpoints, parse_endpoint_spec
+from ._cli_cache import cache
+from ._cli_common import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+    EXIT_TERMINATED,
+    UsageProblem,
+    load_endpoints_file,
+    load_schema_file,
+    parse_param,
+)
+from ._cli_mock import serve_mock, start_mocks
+from ._config import Endpoint, parse_endpoint_spec
 from ._exceptions import (
     BudgetReached,
     ConfigError,
@@ -26,54 +38,7 @@ from ._exceptions import (
     WorkerError,
 )
 from ._files import default_paths, run_file
-from ._json import loads
 from ._summary import format_summary
-
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
-
-
-class UsageProblem(click.ClickException):
-    """A problem the user can fix; exit code 2, nothing was sent."""
-
-    exit_code = EXIT_USAGE
-
-
-def _parse_param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        msg = f"--param expects KEY=VALUE, got {text!r}"
-        raise UsageProblem(msg)
-    try:
-        parsed = loads(value.encode())
-    except orjson.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
-
-
-def _load_endpoints_file(path: Path) -> list[Endpoint]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        msg = f"endpoints file not found: {path}"
-        raise UsageProblem(msg) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        msg = f"endpoints file {path}: not valid TOML ({exc})"
-        raise UsageProblem(msg) from None
-    specs = doc.get("endpoints", doc.get("endpoint"))
-    if not isinstance(specs, list) or not specs:
-        msg = (f"endpoints file {path}: expected a list of [[endpoints]] tables, "
-               'each with at least url = "http://..."')
-        raise UsageProblem(msg)
-    try:
-        return coerce_endpoints(specs)
-    except ConfigError as exc:
-        msg = f"endpoints file {path}: {exc}"
-        raise UsageProblem(msg) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -141,6 +106,18 @@ def cli() -> None:
 @click.option("--max-tokens", type=click.IntRange(min=1),
               help="Shortcut for --param max_tokens=N.")
 @click.option("--timeout", type=float, default=60.0, help="Seconds per attempt.")
+@click.option("--schema", "schema_file", type=click.Path(path_type=Path), metavar="FILE.json",
+              help="Structured output: a JSON Schema (an object). Each answer is asked for as "
+                   "JSON of that shape (response_format, in the form each server takes), "
+                   "validated (retried if it breaks it), and saved as the parsed object.")
+@click.option("--cache", "cache", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="Response cache (SQLite): rows answered before are answered from it, free, "
+                   "and new answers are stored. PATH: a file or directory [default: the "
+                   "user's cache directory; see `llmframe cache info`]. Write --cache=PATH "
+                   "or put --cache after REQUESTS. Also on with LLMFRAME_CACHE=1.")
+@click.option("--no-cache", is_flag=True, help="No response cache (even with LLMFRAME_CACHE).")
+@click.option("--cache-truncated", is_flag=True,
+              help="Also cache answers cut by max_tokens (finish_reason length).")
 @click.option("--resume", is_flag=True,
               help="Continue a run whose outputs exist: send only rows with no result yet.")
 @click.option("--retry-errors", is_flag=True,
@@ -162,7 +139,8 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         output_tokens: int, tokenizer: str, dry_run: bool,
         max_attempts: int, save: Path | None, errors: Path | None,
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
-        max_tokens: int | None, timeout: float, resume: bool, retry_errors: bool,
+        max_tokens: int | None, timeout: float, schema_file: Path | None, cache: str | None,
+        no_cache: bool, cache_truncated: bool, resume: bool, retry_errors: bool,
         overwrite: bool, grace: float, workers: int, progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
@@ -183,6 +161,10 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     rpm=500,price_in=0.15,price_out=0.6 --budget 5 (see --dry-run first).
 
     \b
+    Structured output and a free rerun:
+      llmframe run data/cities.jsonl --mock 1 --schema data/city.schema.json --cache
+
+    \b
     Exit codes: 0 all rows ok; 1 some rows ended as errors; 2 bad usage or configuration
     (nothing sent); 3 stopped by the budget; 130 interrupted (Ctrl-C), 143 terminated
     (SIGTERM): finished rows are saved, rerun with --resume.
@@ -191,16 +173,18 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         msg = "give the requests file once: REQUESTS or --requests_filepath"
         raise UsageProblem(msg)
     path = requests or requests_alias
+    if path is None and cache and cache.endswith(".jsonl"):  # `--cache requests.jsonl`
+        path, cache = Path(cache), ""
     if path is None:
         msg = "no requests file: llmframe run REQUESTS.jsonl (see llmframe run --help)"
         raise UsageProblem(msg)
-    body_params = dict(_parse_param(p) for p in params)
+    body_params = dict(parse_param(p) for p in params)
     if max_tokens is not None:
         body_params["max_tokens"] = max_tokens
     try:
         endpoints = [parse_endpoint_spec(s) for s in (*endpoint_specs, *request_urls)]
         if endpoints_file is not None:
-            endpoints += _load_endpoints_file(endpoints_file)
+            endpoints += load_endpoints_file(endpoints_file)
     except ConfigError as exc:
         raise UsageProblem(str(exc)) from None
     if not endpoints and not mock:
@@ -215,13 +199,14 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
     with contextlib.ExitStack() as stack:
         labels: dict[str, str] = {}
         if mock:
-            endpoints += _start_mocks(stack, mock, mock_latency, mock_faults, labels)
+            endpoints += start_mocks(stack, mock, mock_latency, mock_faults, labels)
             click.echo(f"llmframe: using {mock} local test endpoint(s) started by --mock "
                        "(not a real LLM: answers echo the prompt)", err=True)
         options = {"rps": rps, "concurrency": concurrency, "max_attempts": max_attempts,
                    "timeout": timeout, "api": api, "model": model, "system": system,
                    "params": body_params, "tpm": tpm, "budget": budget,
-                   "output_tokens": output_tokens, "tokenizer": tokenizer}
+                   "output_tokens": output_tokens, "tokenizer": tokenizer,
+                   **_output_options(schema_file, cache, no_cache, cache_truncated)}
         if dry_run:
             sys.exit(_dry_run(path, endpoints, options, save=save, errors=errors,
                               resume=resume, retry_errors=retry_errors, overwrite=overwrite))
@@ -229,6 +214,22 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
                     workers=workers, progress=progress, grace=grace)
     sys.exit(code)
+
+
+def _output_options(schema_file: Path | None, cache: str | None, no_cache: bool,
+                    cache_truncated: bool) -> dict[str, Any]:
+    """The run options of --schema and --cache/--no-cache (checked now)."""
+    if no_cache and cache is not None:
+        msg = "give --cache or --no-cache, not both"
+        raise UsageProblem(msg)
+    options: dict[str, Any] = {"cache_truncated": cache_truncated}
+    if schema_file is not None:
+        options["schema"] = load_schema_file(schema_file)
+    if no_cache:
+        options["cache"] = False
+    elif cache is not None:
+        options["cache"] = cache or True
+    return options
 
 
 def _run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
@@ -295,100 +296,9 @@ def _dry_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any],
     return EXIT_OK
 
 
-def _parse_latency(text: str) -> float | tuple[float, float]:
-    """``"0.05"`` -> 0.05; ``"0.02,0.2"`` -> a random range (ValueError if neither)."""
-    parts = [float(x) for x in text.split(",")]
-    if len(parts) not in (1, 2):
-        msg = f"latency must be S or S1,S2, got {text!r}"
-        raise ValueError(msg)
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
-
-def _start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
-                 labels: dict[str, str]) -> list[Endpoint]:
-    from .testing import MockServer
-
-    try:
-        lat = _parse_latency(latency)
-        fault_rates = {k: float(v) for k, v in (f.split("=", 1) for f in faults.split(",") if f)}
-        servers = [stack.enter_context(MockServer(latency=lat, faults=fault_rates, seed=i,
-                                                  name=f"mock-{i + 1}")) for i in range(n)]
-    except ValueError as exc:
-        msg = f"--mock options: {exc}"
-        raise UsageProblem(msg) from None
-    out = []
-    for i, srv in enumerate(servers):
-        labels[srv.url] = "(local test endpoint)"
-        out.append(Endpoint(srv.url, weight=i + 1))
-    return out
-
-
-@cli.command("serve-mock", context_settings={"show_default": True})
-@click.option("--host", default="127.0.0.1")
-@click.option("--port", type=int, default=8000, help="0 picks a free port (printed).")
-@click.option("--latency", default="0", metavar="S[,S2]", help="Fixed latency or a random range.")
-@click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
-              help="429, 500, 503, drop, hang, malformed, badgzip or badgzip_close, at a rate "
-                   "in [0, 1]. Repeatable.")
-@click.option("--first-fault", default=None, metavar="KIND",
-              help="Answer the first request of each distinct prompt with this fault (e.g. 429); "
-                   "later requests with that prompt go on as usual.")
-@click.option("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429.")
-@click.option("--rpm", type=float, default=None,
-              help="Provider mode: requests per minute, a bucket holding --window seconds' "
-                   "worth; over it, 429 with Retry-After.")
-@click.option("--tpm", type=float, default=None,
-              help="Provider mode: tokens per minute (each answer's prompt + completion "
-                   "tokens, charged at arrival); same kind of bucket.")
-@click.option("--window", type=float, default=60.0,
-              help="Seconds' worth of --rpm/--tpm the buckets hold (the burst); the refill "
-                   "stays limit/60 per second. 1-2 s makes limits bite quickly.")
-@click.option("--ratelimit-headers", type=click.Choice(["openai", "anthropic"]), default=None,
-              help="Rate-limit header style on answers (default openai with --rpm/--tpm).")
-@click.option("--quota", type=click.IntRange(min=0), default=None,
-              help="Provider mode: after this many answers, every POST gets 429 "
-                   "insufficient_quota (no Retry-After).")
-@click.option("--seed", type=int, default=0)
-@click.option("--require-key", envvar="LLMFRAME_MOCK_KEY", default=None,
-              help="Answer 401 unless this bearer key is sent (env LLMFRAME_MOCK_KEY).")
-def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
-               first_fault: str | None, retry_after: float, rpm: float | None,
-               tpm: float | None, window: float, ratelimit_headers: str | None,
-               quota: int | None, seed: int, require_key: str | None) -> None:
-    """Serve a local OpenAI-compatible test endpoint until interrupted.
-
-    Answers are "echo: <prompt>" with usage; /v1/models and /v1/_stats (counters) are
-    served too. Provider mode (--rpm, --tpm, --quota) acts like a paid provider: limits
-    with x-ratelimit-* headers and 429 + Retry-After, and a quota that runs out.
-    """
-    import asyncio
-
-    from ._runner import new_event_loop
-    from .testing import MockState, serve
-
-    try:
-        lat = _parse_latency(latency)
-        rates = {}
-        for f in faults:
-            kind, _, rate = f.partition("=")
-            rates[kind] = float(rate)
-        state = MockState(latency=lat, faults=rates, retry_after=retry_after, seed=seed,
-                          require_key=require_key, first_fault=first_fault, rpm=rpm, tpm=tpm,
-                          window=window, ratelimit_headers=ratelimit_headers, quota=quota)
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(serve(state, host, port))
-    actual = server.sockets[0].getsockname()[1]
-    click.echo(f"llmframe mock endpoint listening on http://{host}:{actual}/v1", err=False)
-    sys.stdout.flush()
-    with contextlib.suppress(KeyboardInterrupt):
-        loop.add_signal_handler(signal.SIGTERM, loop.stop)
-        loop.run_forever()
-    server.close()
-    loop.close()
-    click.echo(f"served: {dict(state.counts)}", err=True)
+cli.add_command(serve_mock)
+cli.add_command(cache)
 
 
 def main() -> None:

@@ -37,7 +37,8 @@ _METADATA = {
     "attempts": pl.Int64, "endpoint": pl.String, "latency_ms": pl.Float64,
     "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "cached_tokens": pl.Int64,
     "reasoning_tokens": pl.Int64, "cost_usd": pl.Float64, "finish_reason": pl.String,
-    "error_type": pl.String, "status": pl.Int64,
+    "error_type": pl.String, "status": pl.Int64, "cached": pl.Boolean,
+    "raw_response": pl.String,
 }
 _last_partial: pl.DataFrame | None = None
 _NOT_SENT = "not sent: stopped by the budget"
@@ -48,6 +49,7 @@ class _Collected:
     """Per-row outputs, filled in place as results arrive (so an interrupt keeps them)."""
 
     n: int
+    schema: Any = None  # the run's Schema: responses are parsed objects of its dtype
     stats: RunStats = field(default_factory=RunStats)
     response: list[str | None] = field(init=False)
     error: list[str | None] = field(init=False)
@@ -59,8 +61,15 @@ class _Collected:
         self.error = [None] * self.n
         self.meta = {name: [None] * self.n for name in _METADATA}
 
+    @property
+    def dtype(self) -> pl.DataType:
+        return pl.String() if self.schema is None else self.schema.dtype
+
     def put(self, r: Result) -> None:
-        self.restore(record_of(r))
+        record = record_of(r)
+        if self.schema is not None:
+            record["response"] = r.response  # parsed already
+        self.restore(record)
 
     def mark_unanswered(self, series: pl.Series, why: str) -> None:
         """Give every row that was to be sent but has no result the error ``why``."""
@@ -73,7 +82,15 @@ class _Collected:
         i = rec["index"]
         if not 0 <= i < self.n:
             return
-        self.response[i] = rec.get("response")
+        response = rec.get("response")
+        if self.schema is not None and isinstance(response, str):  # from a checkpoint
+            try:
+                response = self.schema.parse(response)
+            except ValueError as exc:
+                msg = (f"checkpoint row {i}: its response does not fit schema= (was the "
+                       f"checkpoint written with another schema?): {exc}")
+                raise ConfigError(msg) from None
+        self.response[i] = response
         self.error[i] = rec.get("error")
         for name, values in self.meta.items():
             values[i] = rec.get(name)
@@ -157,7 +174,7 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
 
 def _frame_out(df: pl.DataFrame, out: _Collected, *, output: str, error: str,
                metadata: bool) -> pl.DataFrame:
-    cols = [pl.Series(output, out.response, dtype=pl.String),
+    cols = [pl.Series(output, out.response, dtype=out.dtype),
             pl.Series(error, out.error, dtype=pl.String)]
     if metadata:
         cols += [pl.Series(name, out.meta[name], dtype=dtype) for name, dtype in _METADATA.items()]
@@ -195,7 +212,7 @@ def _begin(df: pl.DataFrame, column: str | pl.Expr, chunk_size: int, output: str
     ckpt = Checkpoint(checkpoint, series) if checkpoint is not None else None
     if ckpt is not None:
         ckpt.load()  # a checkpoint of another input fails here
-    return series, _Collected(len(series)), ckpt
+    return series, _Collected(len(series), config.schema), ckpt
 
 
 def complete(
@@ -332,12 +349,25 @@ def complete_expr(
 
     def run(series: pl.Series) -> pl.Series:
         _check_strings(series)
-        out = _Collected(len(series))
+        out = _Collected(len(series), config.schema)
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
         if out.stats.stopped_by == "budget":  # no frame to carry: the rows say it
             out.mark_unanswered(series, _NOT_SENT)
         return pl.Series(series.name, [
             {"response": r, "error": e} for r, e in zip(out.response, out.error, strict=True)
-        ], dtype=RESULT_DTYPE)
+        ], dtype=dtype)
 
-    return expr.map_batches(run, return_dtype=RESULT_DTYPE)
+    dtype = result_dtype(config.schema)
+    return expr.map_batches(run, return_dtype=dtype)
+
+
+def result_dtype(schema: Any = None) -> pl.Struct:
+    """The expression form's dtype: ``{response, error}``, ``response`` of the schema's
+    Struct dtype when there is one.
+
+    >>> result_dtype()
+    Struct({'response': String, 'error': String})
+    """
+    if schema is None:
+        return RESULT_DTYPE
+    return pl.Struct({"response": schema.dtype, "error": pl.String})

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +15,10 @@ from llmframe._runner import run_sync
 from llmframe.testing import MockServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# the response cache: off unless a test turns it on, and never in the user's cache directory
+os.environ.pop("LLMFRAME_CACHE", None)
+os.environ["LLMFRAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmframe-test-cache-")
 
 
 def run_rows(

@@ -24,4 +24,10 @@ def test_bench_quick_runs_end_to_end(tmp_path):
         assert r["requests"] > 0 and r["ok_lines"] == r["requests"], r
         assert r["client_cpu_us"] > 0 and r["client_rss_mb"] > 0
     assert data["polars"]["engine_wall"] > 0 and data["polars"]["polars_wall"] > 0
+    assert ("latency 0", "llmframe run --schema") in scenarios
+    cached = data["cached"]
+    assert cached["cli cached"]["cached"] == cached["cli cached"]["rows"] > 0
+    assert cached["cli filling"]["cached"] == 0
+    assert cached["polars cached"]["run_rows_s"] > 0
+    assert "response cache" in proc.stdout and "structured output" in proc.stdout
     assert (tmp_path / "throughput_1s.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""What the mock server answers: HTTP responses as bytes, the echo answer, faults."""
+"""What the mock server answers: HTTP responses as bytes, the echo answer (or JSON for a
+``response_format``, see ``_structured``), faults."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._structured import SHAPE_FAULTS, Rejection, structured
+
 if TYPE_CHECKING:
     from ._server import MockState
 
-__all__ = ["answer", "count_tokens", "cut_tokens", "echo_auth", "fault_reply", "number",
-           "prompt_of", "request_doc"]
+__all__ = ["FAULTS", "answer", "count_tokens", "cut_tokens", "echo_auth", "fault_reply",
+           "fault_table", "number", "prompt_of", "request_doc"]
+
+FAULTS = ("429", "500", "503", "drop", "hang", "malformed", "badgzip", "badgzip_close",
+          *SHAPE_FAULTS)
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
             405: b"Method Not Allowed", 429: b"Too Many Requests",
@@ -151,10 +157,12 @@ def _cap(doc: dict[str, Any]) -> int | None:
     return cap
 
 
-def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes, int]:
-    """Status, JSON body and total tokens (0 unless 200) for one well-formed request (no
-    faults). Usage is counted from the request; ``max_tokens`` cuts the answer
-    (``finish_reason`` ``length``)."""
+def answer(path: bytes, doc: Any, state: MockState,
+           fault: str | None = None) -> tuple[int, bytes, int]:
+    """Status, JSON body and total tokens (0 unless 200) for one well-formed request.
+    Usage is counted from the request; ``max_tokens`` cuts the answer (``finish_reason``
+    ``length``). A ``response_format`` gets JSON built from its schema (see
+    ``_structured``), broken by a shape ``fault`` (``badjson``, ``notjson``)."""
     model = doc.get("model") or state.name
     chat = path.endswith(b"/chat/completions")
     if chat:  # all message text, 4 per message and 3 to prime the answer (OpenAI's format)
@@ -178,10 +186,16 @@ def answer(path: bytes, doc: Any, state: MockState) -> tuple[int, bytes, int]:
         return 404, _error_body(404, "not found"), 0
     try:
         cap = _cap(doc)
+        text = structured(doc, prompt, state, fault)
+    except Rejection as exc:
+        return exc.status, exc.body, 0
     except ValueError as exc:
         return 400, _error_body(400, str(exc)), 0
-    text = "echo: " + prompt
-    completion_tokens = 2 + user_tokens  # "echo", ":" and the prompt's own
+    if text is None:
+        text = "echo: " + prompt
+        completion_tokens = 2 + user_tokens  # "echo", ":" and the prompt's own
+    else:
+        completion_tokens = count_tokens(text)
     finish = "stop"
     if cap is not None and completion_tokens > cap:
         text, completion_tokens, finish = cut_tokens(text, cap), cap, "length"
@@ -209,6 +223,27 @@ _NOT_GZIP = orjson.dumps({
 
 _MODELS = orjson.dumps({"object": "list", "data": [
     {"id": "mock-model", "object": "model", "created": 0, "owned_by": "llmframe"}]})
+
+
+def fault_table(faults: dict[str, float], named: list[str | None]) -> list[tuple[float, str]]:
+    """The cumulative rates of ``faults`` to draw from; ValueError for an unknown fault (a
+    key of ``faults`` or one ``named``) or rates that do not add up to at most 1.
+
+    >>> fault_table({"429": 0.25, "badjson": 0.5}, ["drop", None])
+    [(0.25, '429'), (0.75, 'badjson')]
+    """
+    unknown = (set(faults) | {s for s in named if s is not None}) - set(FAULTS)
+    if unknown:
+        msg = f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}"
+        raise ValueError(msg)
+    if sum(faults.values()) > 1 or any(r < 0 for r in faults.values()):
+        msg = "fault rates must be >= 0 and add up to at most 1"
+        raise ValueError(msg)
+    table, total = [], 0.0
+    for kind, rate in faults.items():
+        total += rate
+        table.append((total, kind))
+    return table
 
 
 def fault_reply(fault: str, state: MockState, auth: str | None) -> tuple[bytes | None, bool]:

@@ -202,33 +202,34 @@ def _refusal(state: MockState, kind: str, wait: float, tokens: int, now: float) 
 
 
 def arrive(state: MockState, path: bytes, body: bytes, now: float,
-           auth: str | None) -> tuple[bytes | None, bytes]:
-    """Provider mode, at a POST's arrival: ``(reply, answer)``. A reply answers the request
-    at once (quota spent, a bad body, a limit exceeded); otherwise the request is admitted
-    (its cost taken) and ``answer`` is the 200 body to send unless a fault comes first."""
+           auth: str | None) -> tuple[bytes | None, bytes, Any]:
+    """Provider mode, at a POST's arrival: ``(reply, answer, doc)``. A reply answers the
+    request at once (quota spent, a bad body, a limit exceeded); otherwise the request is
+    admitted (its cost taken) and ``answer`` is the 200 body to send unless a fault comes
+    first (``doc``, the parsed request, lets a shape fault build it again)."""
     counts = state.counts
     if state.quota is not None and counts["ok"] >= state.quota:
         counts["429"] += 1
         counts["insufficient_quota"] += 1
-        return _response(429, _QUOTA, limit_headers(state, now)), b""
+        return _response(429, _QUOTA, limit_headers(state, now)), b"", None
     doc, problem = request_doc(body)
     if problem is not None:
         counts["400"] += 1
-        return _response(400, _error_body(400, problem), limit_headers(state, now)), b""
+        return _response(400, _error_body(400, problem), limit_headers(state, now)), b"", None
     echo_auth(doc, state, auth)
     status, payload, tokens = answer(path, doc, state)
     if status != 200:
         counts[str(status)] += 1
-        return _response(status, payload, limit_headers(state, now)), b""
+        return _response(status, payload, limit_headers(state, now)), b"", doc
     if state.limits is not None:
         refused = state.limits.admit(tokens, now)
         if refused is not None:
-            return _refusal(state, refused[0], refused[1], tokens, now), b""
+            return _refusal(state, refused[0], refused[1], tokens, now), b"", doc
         if state.limits.tokens is not None:
             state.tokens_by_second[int(now)] += tokens
     if state.record_arrivals:
         state.admitted.append((now, tokens))
-    return None, payload
+    return None, payload, doc
 
 
 def limit_headers(state: MockState, now: float) -> bytes:

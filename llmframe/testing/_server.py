@@ -12,7 +12,9 @@ Latency is fixed or a random range; faults are drawn per request by rate, seeded
 Content-Length, delimited by closing the connection). ``first_fault`` answers the first
 request of each distinct prompt with one fault (e.g. every prompt's first attempt is a 429).
 Provider mode (``rpm``, ``tpm``, ``quota``, ``ratelimit_headers``) acts like a paid provider:
-token-bucket limits, rate-limit headers, a spent quota; see ``_provider``.
+token-bucket limits, rate-limit headers, a spent quota; see ``_provider``. A
+``response_format`` gets JSON built from its schema, or the refusal of a server that does not
+accept that form; faults ``badjson``/``notjson`` break such answers (see ``_structured``).
 """
 
 from __future__ import annotations
@@ -31,20 +33,23 @@ import orjson
 
 from ._answers import (
     _MODELS,
+    FAULTS,
     _error,
     _response,
     answer,
     echo_auth,
     fault_reply,
+    fault_table,
     parse_head,
     prompt_of,
     request_doc,
 )
 from ._provider import RateLimits, arrive, header_style, limit_headers, provider_stats
+from ._schemagen import Plan
+from ._structured import FORMATS, SHAPE_FAULTS, accepted_formats, tally
 
 __all__ = ["FAULTS", "MockServer", "MockState", "serve"]
 
-FAULTS = ("429", "500", "503", "drop", "hang", "malformed", "badgzip", "badgzip_close")
 
 
 class MockState:
@@ -64,23 +69,19 @@ class MockState:
         name: str = "mock",
         rpm: float | None = None, tpm: float | None = None, window: float = 60.0,
         ratelimit_headers: str | None = None, quota: int | None = None,
+        response_formats: tuple[str, ...] | str | None = FORMATS,
     ) -> None:
         faults = dict(faults or {})
         script = list(script or [])
-        named = set(faults) | {s for s in [*script, first_fault] if s is not None}
-        unknown = named - set(FAULTS)
-        if unknown:
-            msg = f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}"
-            raise ValueError(msg)
-        if sum(faults.values()) > 1 or any(r < 0 for r in faults.values()):
-            msg = "fault rates must be >= 0 and add up to at most 1"
-            raise ValueError(msg)
+        self._cumulative = fault_table(faults, [*script, first_fault])
         self.latency = latency
         self.faults = faults
         self.retry_after = retry_after
         self.require_key = require_key
         self.echo_auth = echo_auth
         self.name = name
+        self.response_formats = accepted_formats(response_formats)  # None: ignore the field
+        self.plans: dict[bytes, Plan] = {}  # compiled per distinct schema (see _structured)
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.auth_seen: Counter[str] = Counter()
@@ -100,17 +101,27 @@ class MockState:
         self.limits = RateLimits.of(rpm, tpm, window)
         self.tokens_by_second: Counter[int] = Counter()  # admitted tokens by arrival second
         self.admitted: list[tuple[float, int]] = []  # (arrival, tokens) with record_arrivals
-        self._cumulative = []
-        total = 0.0
-        for kind, rate in faults.items():
-            total += rate
-            self._cumulative.append((total, kind))
 
     def delay(self) -> float:
         lat = self.latency
         if isinstance(lat, tuple):
             return self.rng.uniform(lat[0], lat[1])
         return lat
+
+    def draw(self, path: bytes, body: bytes) -> tuple[str | None, Any]:
+        """The fault for one request (``first_fault`` for a new prompt, else ``fault()``)
+        and the request if parsing it was needed."""
+        doc: Any = None
+        if self.first_fault is not None:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                doc = None
+            prompt = prompt_of(path, doc)
+            if prompt is not None and prompt not in self.seen_prompts:
+                self.seen_prompts.add(prompt)
+                return self.first_fault, doc
+        return self.fault(), doc
 
     def fault(self) -> str | None:
         if self.script:
@@ -213,41 +224,33 @@ class _Protocol(asyncio.Protocol):
                 message += f" (got Authorization: {auth})"
             self._send(_error(401, message))
             return
-        payload = b""
+        payload, provider_doc = b"", None
         if state.provider:
-            reply, payload = arrive(state, path, body, now, auth)
+            reply, payload, provider_doc = arrive(state, path, body, now, auth)
             if reply is not None:
                 self._later(reply)
                 return
-        doc: Any = None
-        if state.first_fault is not None:
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                doc = None
-            prompt = prompt_of(path, doc)
-            if prompt is not None and prompt not in state.seen_prompts:
-                state.seen_prompts.add(prompt)
-                counts[state.first_fault] += 1
-                self._fault(state.first_fault, auth)
-                return
-        fault = state.fault()
-        if fault is not None:
+        fault, doc = state.draw(path, body)
+        if fault is not None and fault not in SHAPE_FAULTS:  # shape faults shape the answer
             counts[fault] += 1
             self._fault(fault, auth)
             return
         status = 200
-        if not state.provider:  # provider mode answered at arrival (and admitted it)
+        if state.provider:  # answered at arrival (and admitted); a shape fault answers anew
+            doc = provider_doc
+            if fault is not None:
+                status, payload, _ = answer(path, doc, state, fault)
+        else:
             doc, problem = request_doc(body, doc)
             if problem is not None:
                 counts["400"] += 1
                 self._send(_error(400, problem))
                 return
             echo_auth(doc, state, auth)
-            status, payload, tokens = answer(path, doc, state)
+            status, payload, tokens = answer(path, doc, state, fault)
             if status == 200 and state.record_arrivals:
                 state.admitted.append((now, tokens))
-        counts["ok" if status == 200 else str(status)] += 1
+        tally(state, status, doc, fault)
         extra = limit_headers(state, now) if state.provider else b""
         self._later(_response(status, payload, extra))
 
@@ -310,6 +313,8 @@ class MockServer:
     Authorization header in error bodies, as some misbehaving servers do), ``port`` (0 picks
     a free one). Provider mode: ``rpm``/``tpm`` (limits per minute; buckets hold ``window``
     seconds' worth), ``ratelimit_headers`` (``openai``/``anthropic``), ``quota``.
+    Structured output: ``response_formats`` (the forms accepted, ``("json_schema",
+    "json_object")`` by default, or ``"json_object"``; None ignores ``response_format``).
     """
 
     def __init__(self, *, port: int = 0, host: str = "127.0.0.1",

@@ -1,0 +1,205 @@
+"""Rows through the response cache, on their way to the dispatcher.
+
+A :class:`CachedFeed` reads the rows a chunk at a time, makes each row's request, and looks
+the whole chunk's keys up in one query, in the cache's own thread (never one query per row,
+never on the event loop). Hits become results at once — free: no request, no rate, tokens
+or budget spent — marked ``cached``. Misses become jobs the dispatcher takes with
+:meth:`CachedFeed.pop`; the feed keeps at most two chunks of them ready.
+
+The key (:func:`request_key`) is a hash of the canonical request: the API kind, the model,
+the body (messages or prompt with the system prompt, every parameter: temperature,
+max_tokens, seed, ...) with its keys sorted, and the schema. Not the endpoint URL or key:
+balanced endpoints share answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._attempt import Job
+from ._cache import CacheClient, cache_key
+from ._config import RunConfig
+from ._dispatch import Bell, job_of
+from ._results import Result, Row, RunStats
+
+__all__ = ["CHUNK", "CacheLink", "CachedFeed", "request_key"]
+
+CHUNK = 512
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def request_key(job: Job, api: str, models: bytes, schema: bytes) -> bytes:
+    """The cache key of ``job``'s request. ``models``: the model(s) the endpoints send
+    (a row that names its own model has it in its body); ``schema``: the schema's key.
+
+    >>> from llmframe._protocols import prepare
+    >>> a = Job(0, {}, prepare({"input": "hi"}, "chat", system=None, params={"seed": 1}))
+    >>> b = Job(1, {}, prepare({"input": "hi"}, "chat", system=None, params={"seed": 2}))
+    >>> request_key(a, "chat", b"m", b"") == request_key(a, "chat", b"m", b"")
+    True
+    >>> request_key(a, "chat", b"m", b"") == request_key(b, "chat", b"m", b"")
+    False
+    """
+    prepared = job.prepared
+    return cache_key(api.encode(), b"" if prepared.has_model else models,
+                     orjson.dumps(prepared.body, option=_SORTED), schema)
+
+
+class CachedFeed:
+    """The rows as jobs for the dispatcher, cache hits answered on the way."""
+
+    def __init__(self, rows: Iterable[Row], config: RunConfig, cache: Any,
+                 emit: Callable[[Result], None], stats: RunStats, models: Iterable[str | None],
+                 label: Callable[[int], str] | None = None) -> None:
+        self.rows: Iterator[Row] | None = iter(rows)
+        self.config = config
+        self.cache = cache
+        self.emit = emit
+        self.stats = stats
+        self.label = label
+        self.models = "\x00".join(sorted({m or "" for m in models})).encode()
+        self.schema_key = config.schema.key() if config.schema is not None else b""
+        self.ready: deque[Job] = deque()
+        self.looking = 0  # rows of the chunk being looked up
+        self.done = False
+        self.stopped = False
+        self.wake: Callable[[], None] = lambda: None  # the dispatcher's bell
+        self._room = Bell()
+        self._broken = False
+
+    def pop(self) -> Job | None:
+        """The next job to send (None: none ready now; ``done`` says whether more come)."""
+        ready = self.ready
+        if not ready:
+            return None
+        job = ready.popleft()
+        if len(ready) <= CHUNK:
+            self._room.ring()
+        return job
+
+    def drop(self) -> int:
+        """Stop: forget the jobs ready and the chunk being looked up; returns how many."""
+        self.stopped = True
+        count = len(self.ready) + self.looking
+        self.ready.clear()
+        self.looking = 0
+        self._room.ring()
+        return count
+
+    def unread(self) -> int:
+        """Count (and skip) the rows never read."""
+        rows, self.rows = self.rows, None
+        return 0 if rows is None else sum(1 for _ in rows)
+
+    async def run(self) -> None:
+        try:
+            while not self.stopped and self.rows is not None:
+                chunk = list(islice(self.rows, CHUNK))
+                if not chunk:
+                    break
+                self.stats.rows += len(chunk)
+                await self._chunk(chunk)
+                while len(self.ready) > CHUNK and not self.stopped:
+                    await self._room.wait()
+        finally:
+            self.done = True
+            self.wake()
+
+    async def _chunk(self, chunk: list[Row]) -> None:
+        config, api = self.config, self.config.api
+        jobs: list[Job] = []
+        for row in chunk:
+            job = job_of(row, config, self.label)
+            if isinstance(job, Result):  # a row that cannot be sent: its error now
+                self.emit(job)
+                continue
+            job.key = request_key(job, api, self.models, self.schema_key)
+            jobs.append(job)
+        self.looking = len(jobs)
+        found = await self._lookup([job.key for job in jobs])  # type: ignore[misc]
+        if self.stopped:
+            return
+        self.looking = 0
+        for job in jobs:
+            value = found.get(job.key)  # type: ignore[arg-type]
+            hit = None if value is None else self._hit(job, value)
+            if hit is None:
+                self.ready.append(job)
+            else:
+                self.emit(hit)
+        self.wake()
+
+    async def _lookup(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        if not keys or self._broken:
+            return {}
+        try:
+            return await self.cache.lookup(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an unreadable cache costs requests, never rows
+            self._broken = True
+            warnings.warn(f"response cache: lookups failed ({type(exc).__name__}: {exc}); "
+                          "sending every row", RuntimeWarning, stacklevel=2)
+            return {}
+
+    def _hit(self, job: Job, value: bytes) -> Result | None:
+        try:
+            response, finish = orjson.loads(value)
+            schema = self.config.schema
+            if schema is not None:
+                response = schema.parse(response)
+        except (ValueError, TypeError):  # unreadable or stale: ask the endpoint again
+            return None
+        self.stats.cached += 1
+        return Result(job.index, job.payload, response=response, finish_reason=finish,
+                      cached=True)
+
+
+class CacheLink:
+    """A run's cache: its client (opened in its own thread), written every second and at
+    the end. A cache that cannot be written costs a free rerun, never a result: it warns."""
+
+    def __init__(self, client: Any, path: Path) -> None:
+        self.client = client
+        self.path = path
+        self._flush: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path | bool, stats: RunStats, pool: Any) -> CacheLink | None:
+        """The run's cache (None without one); a cache that cannot be opened is a
+        ConfigError, raised before anything is sent."""
+        if not path:
+            return None
+        client = CacheClient(path)
+        try:
+            await client.open()
+        except BaseException:
+            await pool.close()
+            raise
+        stats.cache_path = str(path)
+        return cls(client, path)  # type: ignore[arg-type]
+
+    def flush_soon(self) -> None:
+        """Write what is held, in the cache's thread (one write at a time)."""
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self.client.flush())
+
+    async def close(self) -> None:
+        try:
+            if self._flush is not None:
+                with contextlib.suppress(Exception):
+                    await self._flush
+            await self.client.close()
+        except Exception as exc:  # the results are stored; only a free rerun is lost
+            warnings.warn(f"response cache {self.path}: could not store answers "
+                          f"({type(exc).__name__}: {exc}); a rerun sends them again",
+                          RuntimeWarning, stacklevel=2)

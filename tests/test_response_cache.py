@@ -1,0 +1,203 @@
+"""The response cache end to end: free reruns through the polars calls and the CLI, what is
+and is not stored, shared by processes and threads, and a kill -9 mid-run."""
+
+import re
+import signal
+import subprocess
+import threading
+
+import polars as pl
+import pytest
+from test_cli import LLMFRAME, read_jsonl, run_cli, write_requests
+from test_structured import CITY, expected
+
+from llmframe import BudgetReached
+
+from conftest import run_rows, wait_until
+
+
+def test_a_second_identical_run_sends_nothing_and_gives_the_same_answers(
+        tmp_path, mock_server):
+    srv = mock_server(latency=0.002)
+    cache = tmp_path / "c.sqlite3"
+    df = pl.DataFrame({"p": [f"prompt {i}" for i in range(300)] + [None]})
+    first = df.llm.complete("p", endpoints=[srv.url], cache=cache, metadata=True,
+                            progress=False)
+    assert srv.counts["requests"] == 300 and not first["cached"].any()
+    second = df.llm.complete("p", endpoints=[srv.url], cache=cache, metadata=True,
+                             progress=False)
+    assert srv.counts["requests"] == 300  # none sent
+    assert second["response"].to_list() == first["response"].to_list()
+    assert second["cached"].to_list() == [True] * 300 + [None]
+    assert second["attempts"].to_list()[:3] == [0, 0, 0]
+    # a changed parameter sends them all again
+    df.llm.complete("p", endpoints=[srv.url], cache=cache, progress=False,
+                    params={"temperature": 0.5})
+    assert srv.counts["requests"] == 600
+    df.llm.complete("p", endpoints=[srv.url], cache=cache, progress=False,
+                    system="be brief")
+    assert srv.counts["requests"] == 900
+
+
+def test_the_key_leaves_out_the_endpoint_so_balanced_endpoints_share(tmp_path, mock_server):
+    a, b = mock_server(), mock_server()
+    cache = tmp_path / "c.sqlite3"
+    rows = [f"r{i}" for i in range(50)]
+    run_rows(rows, [a.url], cache=cache)
+    results, stats = run_rows(rows, [b.url], cache=cache)
+    assert b.counts["requests"] == 0 and stats.cached == 50
+    assert all(r.cached and r.response == f"echo: r{r.index}" for r in results.values())
+    # but the model is part of it
+    run_rows(rows, [b.url], cache=cache, model="another-model")
+    assert b.counts["requests"] == 50
+
+
+def test_only_complete_successes_are_stored(tmp_path, mock_server):
+    srv = mock_server(script=["500"] * 10)
+    cache = tmp_path / "c.sqlite3"
+    rows = [f"a few words {i}" for i in range(30)]
+    results, _ = run_rows(rows, [srv.url], cache=cache, max_attempts=1, concurrency=1)
+    assert sum(not r.ok for r in results.values()) == 10
+    results, stats = run_rows(rows, [srv.url], cache=cache, max_attempts=1)
+    assert stats.cached == 20 and srv.counts["requests"] == 40  # the 10 errors sent again
+    # cut by max_tokens: not stored, unless asked
+    cut = {"max_tokens": 2}
+    run_rows(rows, [srv.url], cache=cache, params=cut)
+    _, stats = run_rows(rows, [srv.url], cache=cache, params=cut)
+    assert stats.cached == 0
+    run_rows(rows, [srv.url], cache=cache, params=cut, cache_truncated=True)
+    _, stats = run_rows(rows, [srv.url], cache=cache, params=cut)
+    assert stats.cached == 30
+
+
+def test_hits_are_free_no_rate_tokens_or_budget(tmp_path, mock_server):
+    srv = mock_server()
+    cache = tmp_path / "c.sqlite3"
+    ep = {"url": srv.url, "price_in": 1000.0, "price_out": 1000.0}
+    rows = [f"row {i}" for i in range(400)]
+    _, stats = run_rows(rows, [ep], cache=cache)
+    assert stats.cost_usd > 0.1
+    # a budget that buys nothing and a rate that would take 400 s: all answered, free
+    _results, stats = run_rows(rows, [ep], cache=cache, budget=1e-6, rps=1, tpm=10)
+    assert stats.cached == 400 and stats.stopped_by is None
+    assert stats.cost_usd is None and stats.endpoints[0].sent == 0
+    assert srv.counts["requests"] == 400
+    with pytest.raises(BudgetReached):  # the budget still binds the rows not cached
+        pl.DataFrame({"p": ["new one", "row 1"]}).llm.complete(
+            "p", endpoints=[ep], cache=cache, budget=1e-6, progress=False)
+
+
+def test_structured_answers_are_cached_with_their_schema(tmp_path, mock_server):
+    srv = mock_server()
+    cache = tmp_path / "c.sqlite3"
+    df = pl.DataFrame({"p": [f"c{i}" for i in range(20)]})
+    df.llm.complete("p", endpoints=[srv.url], schema=CITY, cache=cache, progress=False)
+    out = df.llm.complete("p", endpoints=[srv.url], schema=CITY, cache=cache,
+                          progress=False, metadata=True)
+    assert srv.counts["requests"] == 20 and out["cached"].all()
+    assert out.schema["response"] == CITY
+    assert out["response"].to_list() == [expected(f"c{i}") for i in range(20)]
+    # another schema is another request
+    other = pl.Struct({"city": pl.String})
+    df.llm.complete("p", endpoints=[srv.url], schema=other, cache=cache, progress=False)
+    assert srv.counts["requests"] == 40
+
+
+def test_concurrent_notebook_calls_share_one_file(tmp_path, mock_server):
+    srv = mock_server(latency=(0.0, 0.01))
+    cache = tmp_path / "shared.sqlite3"
+    failures, outs = [], {}
+
+    def call(k: int) -> None:
+        try:
+            df = pl.DataFrame({"p": [f"prompt {i}" for i in range(k * 100, k * 100 + 600)]})
+            outs[k] = df.llm.complete("p", endpoints=[srv.url], cache=cache, progress=False)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures
+    assert all(out["error"].null_count() == 600 for out in outs.values())
+    _, stats = run_rows([f"prompt {i}" for i in range(900)], [srv.url], cache=cache)
+    assert stats.cached == 900
+
+
+def test_cli_cache_flags_summary_and_cache_commands(tmp_path, mock_server):
+    srv = mock_server()
+    req = write_requests(tmp_path / "req.jsonl", [{"input": f"q{i}"} for i in range(100)])
+    cache = tmp_path / "cache-dir"
+    first = run_cli("run", req, "-e", srv.url, f"--cache={cache}")
+    assert first.returncode == 0, first.stderr
+    assert "cached 0" in first.stderr
+    second = run_cli("run", req, "-e", srv.url, "--overwrite", "--cache", cache)
+    assert second.returncode == 0, second.stderr
+    assert "cached 100" in second.stderr and srv.counts["requests"] == 100
+    lines = read_jsonl(tmp_path / "req.save.jsonl")
+    assert all(line["cached"] is True for line in lines)
+    assert sorted(line["response"] for line in lines) == sorted(f"echo: q{i}"
+                                                                for i in range(100))
+    # `--cache REQUESTS` still reads REQUESTS (the cache at its default place)
+    env = {"LLMFRAME_CACHE_DIR": str(tmp_path / "default")}
+    third = run_cli("run", "--overwrite", "-e", srv.url, "--cache", req, env=env)
+    assert third.returncode == 0, third.stderr
+    assert (tmp_path / "default").is_dir()
+    # --no-cache wins over the environment
+    fourth = run_cli("run", req, "--overwrite", "-e", srv.url, "--no-cache",
+                     env={**env, "LLMFRAME_CACHE": "1"})
+    assert fourth.returncode == 0 and "cached" not in fourth.stderr
+    assert srv.counts["requests"] == 300
+    info = run_cli("cache", "info", cache)
+    assert info.returncode == 0, info.stderr
+    assert re.search(r"entries\D*100\b", info.stdout), info.stdout
+    cleared = run_cli("cache", "clear", cache)
+    assert cleared.returncode == 0 and "100" in cleared.stdout
+    assert re.search(r"entries\D*0\b", run_cli("cache", "info", cache).stdout)
+
+
+@pytest.mark.slow
+def test_workers_share_the_cache(tmp_path, mock_server):
+    srv = mock_server(latency=0.001)
+    req = write_requests(tmp_path / "req.jsonl", [{"input": f"w{i}"} for i in range(2000)])
+    cache = tmp_path / "c.sqlite3"
+    for _k in range(2):
+        proc = run_cli("run", req, "-e", srv.url, "--workers", 2, f"--cache={cache}",
+                       "--overwrite", "--rps", 5000)
+        assert proc.returncode == 0, proc.stderr
+    assert srv.counts["requests"] == 2000
+    assert "cached 2,000" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_reruns_only_what_was_not_answered(tmp_path, mock_server):
+    srv = mock_server(latency=(0.01, 0.05))
+    n = 1500
+    req = write_requests(tmp_path / "req.jsonl", [{"input": f"k{i}"} for i in range(n)])
+    cache = tmp_path / "c.sqlite3"
+    save = tmp_path / "req.save.jsonl"
+    first = subprocess.Popen([*LLMFRAME, "run", str(req), "-e", srv.url, f"--cache={cache}",
+                              "--rps", "300"], stderr=subprocess.DEVNULL)
+
+    def saved() -> int:
+        return save.read_bytes().count(b"\n") if save.exists() else 0
+
+    try:
+        wait_until(lambda: saved() > 600 or first.poll() is not None,
+                   lambda: f"600 saved lines; {saved()}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    assert first.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    sent_before = srv.counts["requests"]
+    assert sent_before < n
+    # no --resume: the cache alone makes the rerun send only the rest
+    second = run_cli("run", req, "-e", srv.url, f"--cache={cache}", "--overwrite",
+                     "--rps", 2000)
+    assert second.returncode == 0, second.stderr
+    cached = int(re.search(r"cached ([\d,]+)", second.stderr).group(1).replace(",", ""))
+    assert cached >= 300  # the answers stored up to a second before it died
+    assert srv.counts["requests"] - sent_before == n - cached
+    assert len(read_jsonl(save)) == n
