@@ -238,8 +238,12 @@ def complete(
     where the row succeeded. A null prompt sends nothing: its response and error are null.
     ``metadata=True`` adds attempts, endpoint, latency_ms, prompt_tokens, completion_tokens,
     cached_tokens, reasoning_tokens, cost_usd (from the endpoint's prices), finish_reason,
-    error_type, status. A column the call would add that the frame already
+    error_type, status, cached (answered from the response cache), raw_response (the text
+    of an answer that broke the schema). A column the call would add that the frame already
     has is refused before anything is sent.
+    ``schema=`` (a pydantic model, a ``pl.Struct`` or a JSON Schema dict) asks for JSON of
+    that shape and makes ``output`` a Struct column of it; ``cache=True`` (or a path)
+    answers rows already answered from the response cache, free (see RunConfig).
     Works in scripts and inside Jupyter's running loop (the run has its own loop in a
     worker thread). On Ctrl-C / kernel interrupt it stops promptly and raises
     :class:`llmframe.Interrupted`; the rows answered so far are in ``exc.partial`` and in

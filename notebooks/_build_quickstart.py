@@ -99,6 +99,37 @@ ax.set_title("Spend against the budget")
 ax.legend()
 plt.show()
 paid.stop()"""),
+md("""## Structured output: typed columns, not strings
+
+Pass `schema=` (a pydantic model, a `pl.Struct`, or a JSON Schema dict): each answer is asked
+for as JSON of that shape, validated (an answer that breaks it is retried, at another
+endpoint when there is one), and the `response` column is a Struct you can unnest, filter and
+join. The local endpoints build JSON from the schema (a real model fills it in)."""),
+code("""from pydantic import BaseModel
+
+class City(BaseModel):
+    city: str
+    country: str
+    coastal: bool
+
+cities = pl.DataFrame({"name": ["Toulon", "Lyon", "Berlin", "Porto"]})
+typed = cities.llm.complete(pl.format("Where is {}? Answer in JSON.", pl.col("name")),
+                            endpoints=endpoints, schema=City, progress=False)
+print("response dtype:", typed.schema["response"])
+typed.unnest("response").filter(pl.col("coastal"))"""),
+md("""## A response cache: running a cell again costs nothing
+
+`cache=True` keeps every answer in a SQLite file under your cache directory (or pass a
+path). Asking again for what was already answered sends no request, spends no rate, tokens
+or budget, and marks the rows `cached`."""),
+code("""import tempfile, os
+cache = os.path.join(tempfile.mkdtemp(), "answers.sqlite3")
+before = sum(s.counts["requests"] for s in servers)
+first = cities.llm.complete("name", endpoints=endpoints, cache=cache, progress=False)
+again = cities.llm.complete("name", endpoints=endpoints, cache=cache, metadata=True, progress=False)
+sent = sum(s.counts["requests"] for s in servers) - before
+print(f"requests sent for both calls: {sent}; second call cached: {again['cached'].to_list()}")
+print("same answers:", first["response"].to_list() == again["response"].to_list())"""),
 code("""for srv in servers:
     srv.stop()
 print({names[s.url]: dict(s.counts) for s in servers})"""),

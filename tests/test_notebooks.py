@@ -54,6 +54,14 @@ def test_quickstart_runs_and_shows_results():
                       r"provider: (\d+)", text)
     assert spent and 0.015 < float(spent.group(1)) <= 0.02, text
     assert int(spent.group(2)) + int(found.group(1)) == 300 and spent.group(3) == "0", text
+    # structured output: a Struct column from a pydantic model, unnested and filtered
+    assert "response dtype: Struct({'city': String, 'country': String, 'coastal': Boolean})" \
+        in text, text
+    assert "echo: Where is Toulon?" in text and "coastal" in text
+    # the cache: the second call sent nothing
+    assert "requests sent for both calls: 4; second call cached: [True, True, True, True]" \
+        in text, text
+    assert "same answers: True" in text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 
