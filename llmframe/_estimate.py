@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._attempt import Job
+from ._cached import CHUNK, request_key
 from ._config import EndpointLike, RunConfig, run_config
 from ._jsonl import iter_rows
 from ._meter import Meter
-from ._protocols import RowError, prepare
+from ._protocols import Prepared, RowError, prepare
 from ._results import Row
 from ._summary import usd
 
@@ -58,6 +60,7 @@ class Estimate:
     budget: float | None = None
     spent_before: float = 0.0
     already_done: int = 0
+    cached: int = 0
 
     @property
     def cost_usd(self) -> float | None:
@@ -69,6 +72,9 @@ class Estimate:
                "nothing written)"]
         if self.already_done:
             out.append(f"  resuming: {self.already_done:,} rows already have a result")
+        if self.cached:
+            out.append(f"  cached: {self.cached:,} more rows are answered by the response "
+                       "cache (free, not counted below)")
         out += [f"  invalid: {r}" for r in self.reasons]
         if self.invalid > len(self.reasons):
             out.append(f"  ... and {self.invalid - len(self.reasons):,} more invalid rows")
@@ -133,25 +139,77 @@ def estimate_rows(rows: Iterable[Row], config: RunConfig, label: Any = None) -> 
     """The :class:`Estimate` of sending ``rows`` ((index, payload, reason) tuples)."""
     meter = Meter(config)
     est = Estimate(output_default=config.output_tokens, budget=config.budget)
-    for index, payload, reason in rows:
-        if reason is None:
-            try:
-                body = prepare(payload, config.api, system=config.system,
-                               params=config.params).body
-            except RowError as exc:
-                reason = f"{label(index)}: {exc}" if label else f"row {index}: {exc}"
-        if reason is not None:
-            est.invalid += 1
-            if len(est.reasons) < _SHOW_INVALID:
-                est.reasons.append(reason)
-            continue
-        est.rows += 1
-        est.input_tokens += meter.prompt_tokens(body)
-        cap = meter.answer_cap(body)
-        est.output_tokens += cap or config.output_tokens
-        est.output_defaulted += cap is None
+
+    def count(bodies: list[dict[str, Any]]) -> None:
+        for body in bodies:
+            est.rows += 1
+            est.input_tokens += meter.prompt_tokens(body)
+            cap = meter.answer_cap(body)
+            est.output_tokens += cap or config.output_tokens
+            est.output_defaulted += cap is None
+
+    with _Hits(config) as hits:
+        for index, payload, reason in rows:
+            if reason is None:
+                try:
+                    prepared = prepare(payload, config.api, system=config.system,
+                                       params=config.params)
+                except RowError as exc:
+                    reason = f"{label(index)}: {exc}" if label else f"row {index}: {exc}"
+            if reason is not None:
+                est.invalid += 1
+                if len(est.reasons) < _SHOW_INVALID:
+                    est.reasons.append(reason)
+                continue
+            count(hits.misses(index, payload, prepared))
+        count(hits.rest())
+        est.cached = hits.found
     _split(est, config)
     return est
+
+
+class _Hits:
+    """With a response cache: which rows it already answers (read only; looked up 512 at
+    a time). ``misses`` takes each row and gives back the bodies of rows to send."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.cache: Any = None
+        self.held: list[Job] = []
+        self.found = 0
+
+    def __enter__(self) -> _Hits:
+        path = self.config.cache
+        if path and Path(path).exists():
+            from ._cache import ResponseCache
+
+            self.cache = ResponseCache(path, readonly=True)  # type: ignore[arg-type]
+            config = self.config
+            self.models = "\x00".join(sorted({ep.model or config.model or ""
+                                               for ep in config.endpoints})).encode()
+            self.schema = config.schema.key() if config.schema is not None else b""
+        return self
+
+    def misses(self, index: int, payload: Any, prepared: Prepared) -> list[dict[str, Any]]:
+        if self.cache is None:
+            return [prepared.body]
+        job = Job(index, payload, prepared)
+        job.key = request_key(job, self.config.api, self.models, self.schema)
+        self.held.append(job)
+        return self._lookup() if len(self.held) >= CHUNK else []
+
+    def _lookup(self) -> list[dict[str, Any]]:
+        held, self.held = self.held, []
+        found = self.cache.get_many([job.key for job in held])
+        self.found += sum(job.key in found for job in held)
+        return [job.prepared.body for job in held if job.key not in found]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def rest(self) -> list[dict[str, Any]]:
+        return self._lookup() if self.cache is not None and self.held else []
 
 
 def _split(est: Estimate, config: RunConfig) -> None:

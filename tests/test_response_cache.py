@@ -201,3 +201,19 @@ def test_a_run_killed_mid_way_reruns_only_what_was_not_answered(tmp_path, mock_s
     assert cached >= 300  # the answers stored up to a second before it died
     assert srv.counts["requests"] - sent_before == n - cached
     assert len(read_jsonl(save)) == n
+
+
+def test_a_dry_run_counts_cached_rows_as_free(tmp_path, mock_server):
+    srv = mock_server()
+    cache = tmp_path / "c.sqlite3"
+    rows = [{"input": f"d{i}"} for i in range(700)]
+    run_rows([r["input"] for r in rows[:600]], [srv.url], cache=cache)
+    req = write_requests(tmp_path / "req.jsonl", rows)
+    ep = f"url={srv.url},price_in=1,price_out=1"
+    proc = run_cli("run", req, "-e", ep, f"--cache={cache}", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: 100 rows to send" in proc.stdout
+    assert "cached: 600 more rows are answered by the response cache" in proc.stdout
+    assert srv.counts["requests"] == 600  # the dry run sent nothing
+    proc = run_cli("run", req, "-e", ep, "--dry-run")
+    assert "dry run: 700 rows to send" in proc.stdout and "cached" not in proc.stdout
