@@ -18,7 +18,6 @@ from ._protocols import Answer, Prepared, encode, parse_response
 from ._ratelimits import parse_rate_limits, quota_spent
 from ._retry import AttemptError, is_retryable_status, parse_retry_after
 from ._secrets import Secrets
-from ._structured import rejects_format
 from ._transport import TransportError
 
 __all__ = ["Job", "excerpt", "http_error", "send"]
@@ -34,9 +33,9 @@ _KINDS = {"connect": "connection_error", "protocol": "connection_error",
 class Job:
     """A row on its way: its request, attempts so far, where it last failed."""
 
-    __slots__ = ("attempts", "back", "cap", "cost", "deadline", "form", "index", "key",
-                 "last_endpoint", "payload", "prepared", "prompt", "raw", "retry_state",
-                 "spent", "timed_out", "tokens")
+    __slots__ = ("attempts", "back", "cap", "cost", "deadline", "finish", "form", "index",
+                 "key", "last_endpoint", "payload", "prepared", "prompt", "raw",
+                 "retry_state", "spent", "timed_out", "tokens")
 
     def __init__(self, index: int, payload: Any, prepared: Prepared) -> None:
         self.index = index
@@ -56,6 +55,7 @@ class Job:
         self.key: bytes | None = None  # its response-cache key (with a cache)
         self.form: str | None = None  # the response_format form of the attempt in flight
         self.raw: str | None = None  # the last answer that broke the schema
+        self.finish: str | None = None  # and its finish_reason
 
 
 async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer | AttemptError:
@@ -85,7 +85,7 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
                             retryable=True)
     if not 200 <= status < 300:
         error = http_error(status, headers, data, secrets)
-        if formats is not None and rejects_format(status, error.body):
+        if formats is not None and formats.refuses(job.form, status, error.body):
             error.kind = "format_rejected"
         return error
     try:

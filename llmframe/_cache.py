@@ -29,6 +29,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from ._cache_io import SLICE, CacheInfo, ResponseCache
@@ -128,26 +129,36 @@ class CacheClient:
     """The cache for one run on an event loop: make it inside the running loop, ``await
     open()``, then ``lookup`` and ``store``, and ``await close()`` at the end.
 
-    One worker thread owns the :class:`ResponseCache`, so the loop never waits on SQLite
-    (another process may hold the write lock for a moment). ``store`` only buffers: at
-    ``batch`` entries a write starts in the background. While one is under way, what arrives
-    joins the next write (fewer, larger transactions when the lock is contended), up to
-    ``limit`` entries, which are then queued behind it as a write of their own: nothing is
-    dropped, and :attr:`backlog` shows what waits, for a caller that wants to slow down.
-    The first failed write is kept and raised by the next :meth:`flush` or :meth:`close`;
-    its entries are lost, the file stays intact, and later writes are still tried.
+    Two worker threads own a :class:`ResponseCache` each, so the loop never waits on SQLite:
+    one writes, one reads (WAL lets reads go on while a writer waits for the lock another
+    process holds: lookups, and so the run, never stall behind a write). ``store`` only
+    buffers: at ``batch`` entries a write starts in the background. While one is under way,
+    what arrives joins the next write (fewer, larger transactions when the lock is
+    contended), up to ``limit`` entries, which are then queued behind it as a write of their
+    own: nothing is dropped, and :attr:`backlog` shows what waits, for a caller that wants
+    to slow down. The first failed write is kept and raised by the next :meth:`flush` or
+    :meth:`close`; its entries are lost, the file stays intact, and later writes are still
+    tried.
     """
 
     __slots__ = ("_cache", "_closed", "_error", "_executor", "_last", "_loop", "_pending",
-                 "_settled", "_stored", "_submitted", "batch", "limit", "path")
+                 "_reader", "_reading", "_settled", "_stored", "_submitted", "batch", "limit",
+                 "path", "timeout")
 
-    def __init__(self, path: Path, *, batch: int = 1000, limit: int | None = None) -> None:
+    def __init__(self, path: Path, *, batch: int = 1000, limit: int | None = None,
+                 timeout: float = 1.0) -> None:
         self.path = Path(path)
+        # a write waits this long for another process's lock, a few times (see retrying):
+        # a lock held for long (an open transaction in a DB browser) costs the answers
+        # written meanwhile, never a run stalled at its end
+        self.timeout = timeout
         self.batch = batch
         self.limit = 20 * batch if limit is None else max(limit, batch)
         self._loop = asyncio.get_running_loop()  # loop-bound: made per run, inside it
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmframe-cache")
+        self._reading = ThreadPoolExecutor(1, thread_name_prefix="llmframe-cache-read")
         self._cache: ResponseCache | None = None
+        self._reader: ResponseCache | None = None
         self._pending: list[tuple[bytes, bytes]] = []
         self._last: asyncio.Future[None] | None = None  # the newest write; they run in order
         self._error: BaseException | None = None
@@ -166,19 +177,23 @@ class CacheClient:
 
     async def open(self) -> None:
         """Open (or create) the file in the worker thread; a bad path is a ConfigError."""
-        self._cache = await self._loop.run_in_executor(self._executor, ResponseCache,
-                                                       self.path)
+        self._cache = await self._loop.run_in_executor(
+            self._executor, partial(ResponseCache, self.path, timeout=self.timeout))
+        self._reader = await self._loop.run_in_executor(
+            self._reading, partial(ResponseCache, self.path, readonly=True))
 
     async def lookup(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The cached values of those ``keys`` that have one (read in slices of 500)."""
-        cache = self._opened()
+        self._opened()
+        cache = self._reader
+        assert cache is not None
         keys = list(keys)
         if len(keys) <= SLICE:
-            return await self._loop.run_in_executor(self._executor, cache.get_many, keys)
+            return await self._loop.run_in_executor(self._reading, cache.get_many, keys)
         found: dict[bytes, bytes] = {}
-        for start in range(0, len(keys), SLICE):  # slices let writes in between
+        for start in range(0, len(keys), SLICE):
             found.update(await self._loop.run_in_executor(
-                self._executor, cache.get_many, keys[start:start + SLICE]))
+                self._reading, cache.get_many, keys[start:start + SLICE]))
         return found
 
     def store(self, key: bytes, value: bytes) -> None:
@@ -202,7 +217,7 @@ class CacheClient:
             raise error
 
     async def close(self) -> None:
-        """Flush, then close the connection in its thread and let the thread go."""
+        """Flush, then close the connections in their threads and let the threads go."""
         if self._closed:
             return
         self._closed = True
@@ -212,8 +227,11 @@ class CacheClient:
             try:
                 if self._cache is not None:
                     await self._loop.run_in_executor(self._executor, self._cache.close)
+                if self._reader is not None:
+                    await self._loop.run_in_executor(self._reading, self._reader.close)
             finally:
                 self._executor.shutdown(wait=False)
+                self._reading.shutdown(wait=False)
 
     def _opened(self) -> ResponseCache:
         if self._cache is None or self._closed:

@@ -31,15 +31,43 @@ from ._config import RunConfig
 from ._dispatch import Bell, job_of
 from ._results import Result, Row, RunStats
 
-__all__ = ["CHUNK", "CacheLink", "CachedFeed", "request_key"]
+__all__ = ["CHUNK", "CacheLink", "CachedFeed", "canonical", "key_params", "request_key"]
 
 CHUNK = 512
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-def request_key(job: Job, api: str, models: bytes, schema: bytes) -> bytes:
+def canonical(value: Any) -> Any:
+    """``value`` with integral floats as integers (``temperature=1.0`` and ``1`` are one
+    request), for the key only: what is sent is left as given.
+
+    >>> canonical({"temperature": 1.0, "stop": ["x"], "top_p": 0.5, "seed": 3})
+    {'temperature': 1, 'stop': ['x'], 'top_p': 0.5, 'seed': 3}
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def key_params(config: RunConfig) -> dict[str, Any] | None:
+    """The run's parameters for :func:`request_key`: :func:`canonical`, or None when they
+    already are (or the API is raw: a raw row is its own body)."""
+    params = canonical(dict(config.params))
+    if config.api == "raw" or orjson.dumps(params, option=_SORTED) == orjson.dumps(
+            config.params, option=_SORTED):
+        return None
+    return params
+
+
+def request_key(job: Job, api: str, models: bytes, schema: bytes,
+                params: dict[str, Any] | None = None) -> bytes:
     """The cache key of ``job``'s request. ``models``: the model(s) the endpoints send
-    (a row that names its own model has it in its body); ``schema``: the schema's key.
+    (a row that names its own model has it in its body); ``schema``: the schema's key;
+    ``params``: the run's parameters made :func:`canonical` (None when they already are).
 
     >>> from llmframe._protocols import prepare
     >>> a = Job(0, {}, prepare({"input": "hi"}, "chat", system=None, params={"seed": 1}))
@@ -50,8 +78,9 @@ def request_key(job: Job, api: str, models: bytes, schema: bytes) -> bytes:
     False
     """
     prepared = job.prepared
+    body = prepared.body if params is None else {**prepared.body, **params}
     return cache_key(api.encode(), b"" if prepared.has_model else models,
-                     orjson.dumps(prepared.body, option=_SORTED), schema)
+                     orjson.dumps(body, option=_SORTED), schema)
 
 
 class CachedFeed:
@@ -68,13 +97,18 @@ class CachedFeed:
         self.label = label
         self.models = "\x00".join(sorted({m or "" for m in models})).encode()
         self.schema_key = config.schema.key() if config.schema is not None else b""
+        self.params = key_params(config)
         self.ready: deque[Job] = deque()
+        # duplicates within the run: one request per key; the others wait for its answer
+        self.leaders: dict[int, bytes] = {}  # index of the row sent -> its key
+        self.waiting: dict[bytes, list[Job]] = {}  # key -> rows waiting for that answer
         self.looking = 0  # rows of the chunk being looked up
         self.done = False
         self.stopped = False
         self.wake: Callable[[], None] = lambda: None  # the dispatcher's bell
         self._room = Bell()
         self._broken = False
+        self.error: BaseException | None = None  # the dispatcher raises it
 
     def pop(self) -> Job | None:
         """The next job to send (None: none ready now; ``done`` says whether more come)."""
@@ -89,7 +123,8 @@ class CachedFeed:
     def drop(self) -> int:
         """Stop: forget the jobs ready and the chunk being looked up; returns how many."""
         self.stopped = True
-        count = len(self.ready) + self.looking
+        count = len(self.ready) + self.looking + sum(map(len, self.waiting.values()))
+        self.waiting.clear()
         self.ready.clear()
         self.looking = 0
         self._room.ring()
@@ -110,6 +145,8 @@ class CachedFeed:
                 await self._chunk(chunk)
                 while len(self.ready) > CHUNK and not self.stopped:
                     await self._room.wait()
+        except Exception as exc:  # a bug or an unreadable input: the run fails, loudly
+            self.error = exc
         finally:
             self.done = True
             self.wake()
@@ -122,20 +159,44 @@ class CachedFeed:
             if isinstance(job, Result):  # a row that cannot be sent: its error now
                 self.emit(job)
                 continue
-            job.key = request_key(job, api, self.models, self.schema_key)
+            job.key = request_key(job, api, self.models, self.schema_key, self.params)
             jobs.append(job)
         self.looking = len(jobs)
         found = await self._lookup([job.key for job in jobs])  # type: ignore[misc]
         if self.stopped:
             return
         self.looking = 0
+        waiting = self.waiting
         for job in jobs:
-            value = found.get(job.key)  # type: ignore[arg-type]
+            key = job.key
+            value = found.get(key)  # type: ignore[arg-type]
             hit = None if value is None else self._hit(job, value)
-            if hit is None:
-                self.ready.append(job)
-            else:
+            if hit is not None:
                 self.emit(hit)
+            elif key in waiting:  # the same request is on its way: wait for its answer
+                waiting[key].append(job)  # type: ignore[index]
+            else:
+                waiting[key] = []  # type: ignore[index]
+                self.leaders[job.index] = key  # type: ignore[assignment]
+                self.ready.append(job)
+        self.wake()
+
+    def settle(self, result: Result) -> None:
+        """A row's result: the rows that waited for the same request get its answer (or,
+        if it failed, are sent themselves)."""
+        key = self.leaders.pop(result.index, None)
+        if key is None:
+            return
+        rows = self.waiting.pop(key, ())
+        if not rows:
+            return
+        if result.error is None and result.response is not None:
+            for job in rows:
+                self.stats.cached += 1
+                self.emit(Result(job.index, job.payload, response=result.response,
+                                 finish_reason=result.finish_reason, cached=True))
+            return
+        self.ready.extend(rows)  # its request failed: each is sent on its own
         self.wake()
 
     async def _lookup(self, keys: list[bytes]) -> dict[bytes, bytes]:
@@ -154,10 +215,12 @@ class CachedFeed:
     def _hit(self, job: Job, value: bytes) -> Result | None:
         try:
             response, finish = orjson.loads(value)
+            if finish == "length" and not self.config.cache_truncated:
+                return None  # cut short, stored by a run that asked for such answers
             schema = self.config.schema
-            if schema is not None:
-                response = schema.parse(response)
-        except (ValueError, TypeError):  # unreadable or stale: ask the endpoint again
+            if schema is not None:  # validated when it was stored: only converted back
+                response = schema.restore(response)
+        except Exception:  # unreadable or stale: ask the endpoint again
             return None
         self.stats.cached += 1
         return Result(job.index, job.payload, response=response, finish_reason=finish,
@@ -171,6 +234,7 @@ class CacheLink:
     def __init__(self, client: Any, path: Path) -> None:
         self.client = client
         self.path = path
+        self.broken = False
         self._flush: asyncio.Task[None] | None = None
 
     @classmethod
@@ -188,18 +252,33 @@ class CacheLink:
         stats.cache_path = str(path)
         return cls(client, path)  # type: ignore[arg-type]
 
+    def store(self, key: bytes, value: bytes) -> None:
+        if not self.broken:
+            self.client.store(key, value)
+
     def flush_soon(self) -> None:
         """Write what is held, in the cache's thread (one write at a time)."""
-        if self._flush is None or self._flush.done():
+        if not self.broken and (self._flush is None or self._flush.done()):
             self._flush = asyncio.get_running_loop().create_task(self.client.flush())
+            self._flush.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._warn(task.exception())  # type: ignore[arg-type]
+
+    def _warn(self, exc: BaseException) -> None:
+        """A cache that cannot be written: say so once, and stop writing to it."""
+        if not self.broken:
+            self.broken = True
+            warnings.warn(f"response cache {self.path}: could not store answers "
+                          f"({type(exc).__name__}: {exc}); the run goes on without storing "
+                          "(a rerun sends them again)", RuntimeWarning, stacklevel=2)
 
     async def close(self) -> None:
+        if self._flush is not None:
+            with contextlib.suppress(BaseException):
+                await self._flush
         try:
-            if self._flush is not None:
-                with contextlib.suppress(Exception):
-                    await self._flush
             await self.client.close()
         except Exception as exc:  # the results are stored; only a free rerun is lost
-            warnings.warn(f"response cache {self.path}: could not store answers "
-                          f"({type(exc).__name__}: {exc}); a rerun sends them again",
-                          RuntimeWarning, stacklevel=2)
+            self._warn(exc)

@@ -70,7 +70,7 @@ def load_schema_file(path: Path) -> dict[str, Any]:
     from ._schema import schema_of
 
     try:
-        doc = loads(path.read_bytes())
+        doc = loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))  # a BOM is fine
     except FileNotFoundError:
         msg = f"schema file not found: {path}"
         raise UsageProblem(msg) from None

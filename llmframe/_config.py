@@ -125,11 +125,13 @@ class RunConfig:
 
         object.__setattr__(self, "schema", schema_of(self.schema))
         if self.api == "raw":
-            msg = "run: schema= needs api='chat' or 'completions' (a raw row is its own body)"
+            msg = ("run: schema= (--schema) needs api='chat' or 'completions' (--api), not raw: "
+                   "a raw row is its own body")
             raise ConfigError(msg)
         if "response_format" in self.params:
-            msg = ("run: give schema= or params={'response_format': ...}, not both (schema= "
-                   "sets response_format in the form each server takes)")
+            msg = ("run: give schema= (--schema) or a response_format parameter (params= / "
+                   "--param), not both: schema= sets response_format in the form each server "
+                   "takes")
             raise ConfigError(msg)
 
 
@@ -141,7 +143,15 @@ def _cache_setting(cache: Any) -> Path | bool:
         env = os.environ.get("LLMFRAME_CACHE", "").strip()
         if env.lower() in ("", "0", "false", "no", "off"):
             return False
-        cache = True if env.lower() in ("1", "true", "yes", "on") else env
+        if env.lower() in ("1", "true", "yes", "on"):
+            cache = True
+        elif "/" in env or os.sep in env or env.startswith(("~", ".")) or env.endswith(
+                (".sqlite", ".sqlite3", ".db")):
+            cache = env
+        else:
+            msg = (f"LLMFRAME_CACHE={env!r}: expected 1/true/on, 0/false/off, or a path "
+                   "(with a / in it, or ending in .sqlite3)")
+            raise ConfigError(msg)
     path = cache_path(cache)
     return False if path is None else path
 

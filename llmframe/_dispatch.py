@@ -204,6 +204,9 @@ class Dispatcher:
             return job
         if not self.feed.done:
             return False
+        error = getattr(self.feed, "error", None)
+        if error is not None:  # the rows could not be read (a bug, a broken input)
+            raise error
         return not (self.in_flight or len(self.retries))
 
     async def run(self) -> None:

@@ -55,6 +55,7 @@ class _Run:
         self.control: RunControl | None = None
         self._consumer_wake: asyncio.Future[None] | None = None
         self.cache: CacheLink | None = None
+        self.settle: Callable[[Result], None] | None = None
 
     # -- results --------------------------------------------------------------------------
     def emit(self, result: Result) -> None:
@@ -71,6 +72,8 @@ class _Run:
             self._fail(f"the result of row {result.index}", exc)
         self.done.append(result)
         self._wake_consumer()
+        if self.settle is not None:
+            self.settle(result)
 
     def _fail(self, what: str, cause: BaseException) -> None:
         """Storing ``what`` failed: stop the run; it raises StoreError at its end."""
@@ -119,13 +122,14 @@ class _Run:
         self.attempts = Attempts(self.config, self.pool, self.policy, Secrets(self.pool.keys),
                                  self.stats, self.emit)
         self.cache = await CacheLink.open(self.config.cache, self.stats, self.pool)
-        self.attempts.cache = self.cache.client if self.cache is not None else None
+        self.attempts.cache = self.cache
         feed = (PlainRows(self.rows, self.config, self.stats, self.emit, self.label)
                 if self.cache is None else
                 CachedFeed(self.rows, self.config, self.cache.client, self.emit, self.stats,
                            [t.model for t in self.pool.targets], self.label))
         self.dispatcher = Dispatcher(feed, self.config, self.pool, self.stats,
                                      self.attempts.launch, self.emit)
+        self.settle = feed.settle if isinstance(feed, CachedFeed) else None
         self.attempts.dispatcher = self.dispatcher
         if self.control is not None:
             self.control._attach(self.dispatcher)
@@ -238,5 +242,9 @@ async def stream_results(
     run = _Run(rows, config, stats if stats is not None else RunStats(), sink, on_result,
                label, share)
     run.control = control
-    async for batch in run.batches():
-        yield batch
+    batches = run.batches()
+    try:
+        async for batch in batches:
+            yield batch
+    finally:  # closed early: the run's own cleanup (flushes included) runs now, not later
+        await batches.aclose()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._attempt import Job
-from ._cached import CHUNK, request_key
+from ._cached import CHUNK, key_params, request_key
 from ._config import EndpointLike, RunConfig, run_config
 from ._jsonl import iter_rows
 from ._meter import Meter
@@ -188,13 +188,14 @@ class _Hits:
             self.models = "\x00".join(sorted({ep.model or config.model or ""
                                                for ep in config.endpoints})).encode()
             self.schema = config.schema.key() if config.schema is not None else b""
+            self.params = key_params(config)
         return self
 
     def misses(self, index: int, payload: Any, prepared: Prepared) -> list[dict[str, Any]]:
         if self.cache is None:
             return [prepared.body]
         job = Job(index, payload, prepared)
-        job.key = request_key(job, self.config.api, self.models, self.schema)
+        job.key = request_key(job, self.config.api, self.models, self.schema, self.params)
         self.held.append(job)
         return self._lookup() if len(self.held) >= CHUNK else []
 

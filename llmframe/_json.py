@@ -8,6 +8,7 @@ orjson cannot write is written by the standard library.
 
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from typing import Any
@@ -31,16 +32,27 @@ def loads(data: bytes) -> Any:
     return value
 
 
+def _default(value: Any) -> Any:
+    """What orjson cannot write itself: a Decimal (a schema's pl.Decimal field), exactly."""
+    if isinstance(value, decimal.Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError
+
+
 def dumps(value: Any, *, newline: bool = False) -> bytes:
     """Serialize to compact JSON bytes (with a trailing newline if asked).
 
     >>> dumps({"id": 123456789012345678901234567890, "t": "é"})
     b'{"id":123456789012345678901234567890,"t":"\\xc3\\xa9"}'
+    >>> dumps({"price": decimal.Decimal("12.30")})
+    b'{"price":12.30}'
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE if newline else 0)
+        return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE if newline else 0,
+                            default=_default)
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                      default=str)
     return (text + "\n" if newline else text).encode("utf-8", "surrogatepass")

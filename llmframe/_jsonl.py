@@ -148,6 +148,7 @@ def error_record(result: Result) -> dict[str, Any]:
     }
     if result.raw_response is not None:  # the answer that broke the schema, verbatim
         record["raw_response"] = result.raw_response
+        record["finish_reason"] = result.finish_reason
     if result.cost_usd is not None:  # what its answers cost, though none was kept
         record["cost_usd"] = result.cost_usd
     return record

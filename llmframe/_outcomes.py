@@ -25,10 +25,25 @@ from ._retry import AttemptError, RetryPolicy
 from ._secrets import Secrets
 from ._structured import check_answer, raw_text
 
-__all__ = ["Attempts", "cache_value", "final_error", "settle"]
+__all__ = ["Attempts", "cache_value", "final_error", "settle", "storable"]
 
 #: failures the provider may still bill (it may have answered): the budget charges them
 _MAYBE_BILLED = frozenset({"timeout", "invalid_response", "internal_error"})
+
+
+def storable(result: Result, truncated: bool) -> bool:
+    """Only complete answers are cached: with content, not filtered, not cut short by
+    ``max_tokens`` unless ``truncated`` (``cache_truncated``) asks for those too.
+
+    >>> storable(Result(0, {}, response="hi", finish_reason="stop"), False)
+    True
+    >>> [storable(Result(0, {}, response=r, finish_reason=f), False)
+    ...  for r, f in [(None, "stop"), ("x", "content_filter"), ("x", "length")]]
+    [False, False, False]
+    """
+    finish = result.finish_reason
+    return result.response is not None and finish != "content_filter" and (
+        finish != "length" or truncated)
 
 
 def cache_value(result: Result) -> bytes:
@@ -85,18 +100,20 @@ class Attempts:
             return
         target.health.on_success(loop.time(), latency)
         result = self._answered(job, target, outcome, latency)
-        if self.schema is not None:
+        if target.formats is not None:
+            target.formats.answered.add(job.form)  # type: ignore[arg-type]
             value = check_answer(self.schema, outcome)
             if isinstance(value, AttemptError):
-                job.raw = raw_text(outcome.text)
+                job.raw = raw_text(outcome.text) if outcome.refusal is None else outcome.refusal
+                job.finish = outcome.finish_reason
                 self._failed(job, target, value, sent_at, latency)
                 return
             result.response = value
         target.stats.ok += 1
         target.stats.record_latency(latency)
         cache = self.cache
-        if cache is not None and job.key is not None and (
-                result.finish_reason != "length" or self.cache_truncated):
+        if cache is not None and job.key is not None and storable(result,
+                                                                  self.cache_truncated):
             cache.store(job.key, cache_value(result))
         self.emit(result)
 
@@ -193,6 +210,7 @@ def final_error(job: Job, target: Target, error: AttemptError, latency: float,
         job.index, job.payload, error=secrets.redact(message), error_type=error.kind,
         status=error.status, attempts=job.attempts, endpoint=target.name, latency=latency,
         raw_response=job.raw if error.kind == "invalid_output" else None,
+        finish_reason=job.finish if error.kind == "invalid_output" else None,
         cost_usd=job.spent or None,
     )
 

@@ -95,6 +95,7 @@ class Answer:
     text: Any
     finish_reason: str | None = None
     usage: Usage | None = None
+    refusal: str | None = None  # a chat answer without content may say why
 
 
 def parse_response(api: str, data: bytes) -> Answer:
@@ -117,7 +118,11 @@ def parse_response(api: str, data: bytes) -> Answer:
             "invalid_response", "response has no choices[0] answer", status=200,
             retryable=True, body=data[:200].decode("utf-8", "replace"),
         ) from None
-    return Answer(text, finish, parse_usage(doc))
+    answer = Answer(text, finish, parse_usage(doc))
+    if text is None and api == "chat":
+        refusal = choice["message"].get("refusal")
+        answer.refusal = refusal if isinstance(refusal, str) else None
+    return answer
 
 
 def _json_type(value: Any) -> str:

@@ -2,17 +2,36 @@
 
 ``schema=`` is a ``pl.Struct`` (kept as the column's dtype; a polars field cannot say
 "optional", so every field is asked for, non-null), a pydantic model class (duck-typed, never
-imported here; answers also pass its ``model_validate``) or a JSON Schema dict with an object
-at the top; :func:`schema_of` compiles it once. Wire forms (:meth:`Schema.response_format`):
-``json_schema`` (OpenAI, vLLM) sends the strict variant (objects closed, every property
-required, an optional one made nullable: null means "not given"); ``json_object``
-(llama.cpp) sends the schema, ``$ref``s inlined. :meth:`Schema.parse` drops a Markdown code
-fence, checks types (a bool is no number; ``3.0`` is ``3``), required fields, nulls,
-``enum``/``const``, bounds, lengths, ``pattern`` and item counts, drops extra properties,
-gives None for a missing optional field, or raises :class:`OutputError` naming the JSON path.
+imported here) or a JSON Schema dict with an object at the top; :func:`schema_of` compiles it
+once. Wire forms (:meth:`Schema.response_format`): ``json_schema`` (OpenAI, vLLM) sends the
+strict variant (objects closed, every property required, an optional one made nullable: null
+means "not given"; no ``default``, which strict mode refuses); ``json_object`` (llama.cpp)
+sends the schema, ``$ref``s inlined.
+
+:meth:`Schema.parse` drops a Markdown code fence. Against a JSON Schema or a ``pl.Struct`` it
+checks types (a bool is no number; ``3.0`` is ``3``), required fields, nulls (OpenAPI's
+``nullable: true`` allows one), ``enum``/``const``, bounds, ``multipleOf``, lengths,
+``pattern``, item and property counts, ``uniqueItems``; drops extra properties (refuses them
+where the schema says ``additionalProperties: false``); gives None for a missing optional
+field. With a pydantic model the model decides: ``model_validate`` (lax: ``"2"`` is an int;
+its validators run), ``model_dump(mode="json", by_alias=True)``. Then every value is made one
+of its column's, which it must fit: an Int64's range even where ``maximum`` is larger, a
+``pl.Decimal(p, s)`` rounded half-even to ``s`` places with at most ``p - s`` digits before
+the point (as ``decimal.Decimal``, answers read exactly), a Float32's range, a
+``Datetime("ns")``'s years 1677-2262. A violation raises :class:`OutputError` naming the JSON
+path. :meth:`Schema.restore` converts a value a previous run stored (a cache entry, a
+checkpoint line) back, without running a model's validators again.
+
 ``format: date`` gives ``pl.Date``, ``date-time`` ``pl.Datetime("us")`` in UTC (offsets
-converted, none taken as UTC). A free-form object (no properties) is kept as JSON text,
-``pl.String``; strict mode asks for it as such a string.
+converted, none taken as UTC); other formats (``email``, ``uuid``, ``time``, ``uri`` ...) are
+annotations, as the JSON Schema spec has them: any string passes. Keywords llmframe does not
+check are refused with a :class:`ConfigError` rather than ignored: ``not``,
+``if``/``then``/``else``, ``dependentRequired``, ``dependentSchemas``, ``patternProperties``,
+``propertyNames``, ``contains``, ``unevaluatedProperties`` and their kin (a pydantic model
+checks them itself). A free-form object (no properties) is kept as JSON text, ``pl.String``;
+strict mode asks for it as a string described as "a JSON object, as text". pydantic's
+``Decimal`` (a number, or its text) is a ``pl.Float64`` number; for exact decimals give a
+``pl.Struct`` with a ``pl.Decimal(p, s)`` field.
 
 >>> s = schema_of({"type": "object", "title": "City", "properties": {
 ...     "name": {"type": "string"}, "pop": {"type": "integer"}}, "required": ["name"]})
@@ -26,88 +45,45 @@ llmframe._schema.OutputError: $.name: missing required field
 
 from __future__ import annotations
 
-import datetime as dt
-import operator
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Any, NoReturn
 
 import orjson
 import polars as pl
 
-from ._exceptions import ConfigError
+from ._schema_check import Check, Invalid, path
+from ._schema_compile import bounds, compile_node, fail
 
 __all__ = ["OutputError", "Schema", "schema_of"]
 
-Check = Callable[[Any], Any]
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FENCE = re.compile(r"\s*```[^\n`]*\n(.*?)\n?\s*```\s*", re.S)
-_INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}  # an Int64 column's, unless tighter
-_UNITS = {"string": " characters", "array": " items", "integer": "", "number": ""}
-_RULES = (  # keyword, test(limit, value), wording, unit (which says the types it applies to)
-    ("minimum", operator.le, ">=", ""), ("maximum", operator.ge, "<=", ""),
-    ("exclusiveMinimum", operator.lt, ">", ""), ("exclusiveMaximum", operator.gt, "<", ""),
-    ("minLength", operator.le, "at least", " characters"),
-    ("maxLength", operator.ge, "at most", " characters"),
-    ("minItems", operator.le, "at least", " items"), ("maxItems", operator.ge, "at most", " items"))
 
 
 class OutputError(ValueError):
     """An answer that is not JSON or breaks the schema (``$.a.b: expected a string, got 12``)."""
 
 
-class _Invalid(Exception):  # a violation on its way up: each container adds its key
-    def __init__(self, msg: str, *path: str | int) -> None:
-        self.msg, self.path = msg, list(path)  # innermost first
-
-
-def _path(keys: Any) -> str:  # $.a[0]["b c"] from outermost-first keys
-    return "$" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" if _IDENT.fullmatch(k)
-                         else f"[{orjson.dumps(k).decode()}]" for k in keys)
-
-
-def _show(value: Any) -> str:
-    text = orjson.dumps(value, default=repr).decode()
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fail(where: str, msg: str) -> NoReturn:
-    msg = f"schema at {where}: {msg}"
-    raise ConfigError(msg)
-
-
-def _whole(value: float) -> int:
-    if value.is_integer():
-        return int(value)
-    raise ValueError
-
-
-def _datetime(value: str) -> dt.datetime:
-    when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # Python 3.10 reads no Z
-    return when if when.tzinfo is None else when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-
-_SCALARS = {  # a JSON type's dtype, and the classes it takes with their converters
-    "string": (pl.String(), {str: None}), "boolean": (pl.Boolean(), {bool: None}),
-    "number": (pl.Float64(), {float: None, int: float}),
-    "integer": (pl.Int64(), {int: None, float: _whole})}
-_FORMATS = {"date": ("a date (YYYY-MM-DD)", pl.Date(), dt.date.fromisoformat),
-            "date-time": ("a date-time (ISO 8601)", pl.Datetime("us"), _datetime)}
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class Schema:
     """A compiled schema (see :func:`schema_of`): ``name`` (OpenAI's ``json_schema.name``),
-    ``json_schema`` (``$ref``s inlined), ``strict_schema``, ``dtype`` (of a parsed answer)."""
+    ``json_schema`` (``$ref``s inlined), ``strict_schema``, ``dtype`` (of a parsed answer),
+    ``source`` (what rebuilds it: the ``pl.Struct``, the pydantic model class, or the JSON
+    Schema)."""
 
     name: str
     json_schema: dict[str, Any] = field(repr=False)
     strict_schema: dict[str, Any] = field(repr=False)
     dtype: pl.Struct
+    source: Any = field(repr=False)
     _check: Check = field(repr=False)
+    _restore: Check = field(repr=False)
+    _load: Callable[[Any], Any] = field(repr=False)
     _forms: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -126,10 +102,20 @@ class Schema:
     def parse(self, text: str | bytes | dict[str, Any]) -> dict[str, Any]:
         """An answer (JSON text, or a dict) checked and made a value of ``dtype``."""
         try:
-            return self._check(text if text.__class__ is dict else _loads(text))  # type: ignore[no-any-return]
-        except _Invalid as exc:
-            msg = f"{_path(exc.path[::-1])}: {exc.msg}"
-            raise OutputError(msg) from None
+            return self._check(text if text.__class__ is dict else self._load(text))  # type: ignore[no-any-return]
+        except Invalid as exc:
+            _invalid(exc)
+
+    def restore(self, value: str | bytes | dict[str, Any]) -> dict[str, Any]:
+        """A value a previous run parsed and stored (a cache entry, a checkpoint line; a dict
+        or its JSON text) made a value of ``dtype`` again: only converted (dates from their
+        text, decimals from numbers or text), never through a pydantic model's validators
+        twice (``cents = v * 100`` would make 300 30000). :class:`OutputError` if it does not
+        fit (written with another schema?)."""
+        try:
+            return self._restore(value if value.__class__ is dict else self._load(value))  # type: ignore[no-any-return]
+        except Invalid as exc:
+            _invalid(exc)
 
     def key(self) -> bytes:
         """Canonical bytes of the name and the schema, for a cache key."""
@@ -137,55 +123,84 @@ class Schema:
                             option=orjson.OPT_SORT_KEYS)
 
 
+def _invalid(exc: Invalid) -> NoReturn:
+    msg = f"{path(exc.path[::-1])}: {exc.msg}"
+    raise OutputError(msg) from None
+
+
 def schema_of(value: Any) -> Schema:
     """A :class:`Schema` from a ``pl.Struct``, a pydantic model class, a JSON Schema dict
     (or a ``Schema``); a :class:`ConfigError` says what is wrong and where."""
     if isinstance(value, Schema):
         return value
-    model, dtype, name = None, None, None
+    model, target, name, source = None, None, None, value
     if isinstance(value, pl.Struct):
-        raw, dtype = _from_polars(value, "$"), value
+        raw, target = _from_polars(value, "$"), value
     elif isinstance(value, type) and hasattr(value, "model_json_schema") \
             and hasattr(value, "model_validate"):
         model, name, raw = value, value.__name__, value.model_json_schema()
     elif isinstance(value, dict):
         raw, name = value, value.get("title")
     else:
-        _fail("$", "schema= takes a pl.Struct dtype with fields, a pydantic model class (not an "
-              f"instance) or a JSON Schema dict, got {value!r}")
+        fail("$", "schema= takes a pl.Struct dtype with fields, a pydantic model class (not an "
+             f"instance) or a JSON Schema dict, got {value!r}")
     inlined = _inline(raw, raw, "$", ())
-    got, check, nullable, strict = _compile(inlined, "$", model is not None)
-    if not isinstance(got, pl.Struct) or nullable:
-        _fail("$", "the top level must be an object with properties (the column is a Struct); "
-              'wrap a value in one: {"type": "object", "properties": {"value": ...}}')
-    if model is not None:
-        check = partial(_validated, check, model, _compile(inlined, "$", False)[1])
+    top = compile_node(inlined, "$", target, isinstance(value, dict))
+    if not isinstance(top.dtype, pl.Struct) or top.nullable:
+        fail("$", "the top level must be an object with properties (the column is a Struct); "
+             'wrap a value in one: {"type": "object", "properties": {"value": ...}}')
+    check = top.check if model is None else partial(
+        _validated, top.prepare or _same, model, top.convert)
     name = name if isinstance(name, str) and _NAME.fullmatch(name) else "response"
-    return Schema(name, inlined, strict, dtype or got, check)
+    load = partial(_loads, exact=True) if _exact(top.dtype) else _loads
+    return Schema(name, inlined, top.strict, top.dtype, inlined if source is raw else source,
+                  check, top.convert, load)
 
 
-def _loads(text: Any) -> Any:
+def _loads(text: Any, exact: bool = False) -> Any:
+    """JSON, perhaps in a Markdown code fence; ``exact``: fractions read as Decimal."""
     try:
+        if exact:
+            return json.loads(text, parse_float=Decimal, parse_constant=_not_json)
         return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+    except (ValueError, TypeError) as exc:
         fenced = _FENCE.fullmatch(text) if isinstance(text, str) else None
         if fenced is None:
-            msg = f"not JSON: {exc.msg} at char {exc.pos}"
+            msg = f"not JSON: {getattr(exc, 'msg', exc)} at char {getattr(exc, 'pos', 0)}"
             raise OutputError(msg) from None
-    return _loads(fenced.group(1))
+    return _loads(fenced.group(1), exact)
 
 
-def _validated(first: Check, model: Any, final: Check, value: Any) -> Any:
-    """``value`` checked, through the pydantic model (its validators run), checked again."""
-    value = first(value)
+def _not_json(name: str) -> NoReturn:
+    msg = f"{name} is no JSON number"
+    raise ValueError(msg)
+
+
+def _exact(dtype: Any) -> bool:
+    """Are there numbers a float would round: a Decimal's digits, a 128-bit integer's?"""
+    if isinstance(dtype, pl.Struct):
+        return any(_exact(f.dtype) for f in dtype.fields)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _exact(dtype.inner)
+    limits = bounds(dtype)
+    return isinstance(dtype, pl.Decimal) or (limits is not None and limits[1] >= 2**64)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _validated(prepare: Check, model: Any, convert: Check, value: Any) -> Any:
+    """``value`` through the pydantic model (lax; its validators run), dumped as JSON, then
+    converted to the column's dtype."""
     try:
-        dumped = model.model_validate(value).model_dump(mode="json", by_alias=True)
+        dumped = model.model_validate(prepare(value)).model_dump(mode="json", by_alias=True)
     except Exception as exc:  # pydantic's ValidationError, or anything a validator raised
         found = exc.errors(include_url=False) if hasattr(exc, "errors") else [
             {"loc": (), "msg": f"{type(exc).__name__}: {exc}"}]
-        msg = "; ".join(f"{_path(e['loc'])}: {e['msg']}" for e in found[:3])  # the first 3
+        msg = "; ".join(f"{path(e['loc'])}: {e['msg']}" for e in found[:3])  # the first 3
         raise OutputError(msg) from None
-    return final(dumped)
+    return convert(dumped)
 
 
 _POLARS = {pl.String: {"type": "string"}, pl.Categorical: {"type": "string"},
@@ -198,7 +213,7 @@ def _from_polars(dtype: Any, where: str) -> dict[str, Any]:
     """The JSON Schema of a polars dtype: all fields required, integers bounded by width."""
     base = dtype.base_type()
     if base is pl.Struct and dtype.fields:
-        props = {f.name: _from_polars(f.dtype, where + _path([f.name])[1:]) for f in dtype.fields}
+        props = {f.name: _from_polars(f.dtype, where + path([f.name])[1:]) for f in dtype.fields}
         return {"type": "object", "properties": props, "required": list(props),
                 "additionalProperties": False}
     if base in (pl.List, pl.Array):
@@ -208,11 +223,10 @@ def _from_polars(dtype: Any, where: str) -> dict[str, Any]:
         return {"type": "string", "enum": dtype.categories.to_list()}
     if base in _POLARS or dtype.is_float():
         return dict(_POLARS.get(base, {"type": "number"}))
-    if dtype.is_integer():  # Int8: 8 bits, UInt64: 64
-        bits, signed = int(base.__name__.lstrip("UInt")), dtype.is_signed_integer()
-        return {"type": "integer", "minimum": -(2 ** (bits - 1)) if signed else 0,
-                "maximum": 2 ** (bits - signed) - 1}
-    _fail(where, f"a polars {dtype} field has no JSON form; use String, a number, Boolean, "
+    if dtype.is_integer():
+        low, high = bounds(dtype)  # type: ignore[misc]
+        return {"type": "integer", "minimum": low, "maximum": high}
+    fail(where, f"a polars {dtype} field has no JSON form; use String, a number, Boolean, "
           "Date, Datetime, Enum, List, Array or a Struct with fields")
 
 
@@ -225,174 +239,15 @@ def _inline(node: Any, root: Any, where: str, seen: tuple[str, ...]) -> Any:
     ref, all_of = node.get("$ref"), node.get("allOf")
     if isinstance(ref, str):
         if ref in seen:
-            _fail(where, f"recursive $ref {ref!r}: a polars dtype has a fixed depth; unroll it")
+            fail(where, f"recursive $ref {ref!r}: a polars dtype has a fixed depth; unroll it")
         at, _, name = ref.rpartition("/")
         defs = root.get(at[2:]) if at in ("#/$defs", "#/definitions") else None
         if not isinstance(defs, dict) or name not in defs:
-            _fail(where, f"$ref {ref!r} is not in this schema's #/$defs or #/definitions")
+            fail(where, f"$ref {ref!r} is not in this schema's #/$defs or #/definitions")
         rest = {k: v for k, v in node.items() if k != "$ref"}
         return _inline({**defs[name], **rest}, root, where, (*seen, ref))
     if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
         rest = {k: v for k, v in node.items() if k != "allOf"}
         return _inline({**all_of[0], **rest}, root, where, seen)
-    return {k: _inline(v, root, where + _path([str(k)])[1:], seen)
+    return {k: _inline(v, root, where + path([str(k)])[1:], seen)
             for k, v in node.items() if k not in ("$defs", "definitions")}
-
-
-def _unwrap(node: Any, where: str) -> tuple[dict[str, Any], str, bool]:
-    """The one non-null schema of ``node``, its type, and whether null is allowed."""
-    if not isinstance(node, dict):
-        _fail(where, f"expected a JSON Schema object, got {_show(node)}")
-    key = next((k for k in ("anyOf", "oneOf", "type") if isinstance(node.get(k), list)), None)
-    if key is not None:  # a union, fine if it is of null and one schema
-        branches = [{**node, "type": t} for t in node[key]] if key == "type" else node[key]
-        rest = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
-        if not rest or any(b != rest[0] for b in rest[1:]):
-            _fail(f"{where}.{key}", "a union; a polars column holds one type (and null): keep "
-                  "one, or use a string")
-        inner, kind, nullable = _unwrap(rest[0], f"{where}.{key}[{branches.index(rest[0])}]")
-        return inner, kind, nullable or len(rest) < len(branches)
-    kind, nullable = node.get("type"), False
-    if isinstance(node.get("enum"), list) and None in node["enum"]:
-        node, nullable = {**node, "enum": [e for e in node["enum"] if e is not None]}, True
-    if kind is None:  # said by properties, items, or the values of enum or const
-        kinds = {type(v) for v in ([node["const"]] if "const" in node else node.get("enum") or [])}
-        kind = "object" if "properties" in node else "array" if "items" in node \
-            else "number" if kinds == {int, float} else None if len(kinds) != 1 \
-            else {str: "string", int: "integer", float: "number", bool: "boolean"}.get(kinds.pop())
-    if isinstance(node.get("allOf"), list):
-        _fail(f"{where}.allOf", "allOf of several schemas is not supported; merge them")
-    if kind not in ("object", "array", *_SCALARS):
-        _fail(where, f"type {kind!r} cannot be a polars column; give one of object, array, "
-              "string, integer, number, boolean (and null, for a nullable value)")
-    return node, kind, nullable
-
-
-def _compile(node: Any, where: str, pre: bool) -> tuple[Any, Check, bool, Any]:
-    """(dtype, check, nullable, strict variant) of a node; ``pre``: before a pydantic model."""
-    inner, kind, nullable = _unwrap(node, where)
-    strict = {k: v for k, v in inner.items()  # strict mode takes anyOf, not oneOf
-              if k not in ("oneOf", "anyOf") and not (k == "default" and v is None)}
-    strict["type"] = kind  # also where the schema left it to enum, const or properties
-    props, required = inner.get("properties"), inner.get("required", [])
-    what = f"an {kind}" if kind[0] in "aio" else f"a {kind}"
-    rules, limits = [], {**_INT64, **inner} if kind == "integer" else inner
-    for key, test, text, unit in _RULES:
-        if key in limits and unit == _UNITS.get(kind):
-            if isinstance(limits[key], bool) or not isinstance(limits[key], (int, float)):
-                _fail(f"{where}.{key}", f"must be a number, got {_show(limits[key])}")
-            rules.append((test, limits[key], bool(unit), f"expected {text} {limits[key]}{unit}"))
-    if kind == "array":
-        dtype, item, _, strict["items"] = _compile(inner.get("items"), f"{where}.items", pre)
-        dtype, accept = pl.List(dtype), {list: partial(_items, item)}
-    elif kind == "object" and props:
-        if not isinstance(props, dict) or not isinstance(required, list) \
-                or any(r not in props for r in required):
-            _fail(where, "properties must map names to schemas, required list some of them")
-        fields, dtypes, strict_props = [], [], {}
-        for name, sub in props.items():
-            at = f"{where}.properties{_path([name])[1:]}"
-            dtype, check, sub_null, sub_strict = _compile(sub, at, pre)
-            # 0: required; 1: optional, null meaning "not given"; 2: optional, nullable
-            mode = 0 if name in required else 2 if sub_null else 1
-            fields.append((name, check, mode))
-            dtypes.append(pl.Field(name, dtype))
-            strict_props[name] = _or_null(sub_strict, sub) if mode == 1 else sub_strict
-        strict.update(properties=strict_props, required=list(props), additionalProperties=False)
-        dtype, accept = pl.Struct(dtypes), {dict: partial(_fields, tuple(fields), not pre)}
-    elif kind == "object":  # free-form: strict mode cannot ask for one, so ask for its text
-        text = f"{inner.get('description', '')} (a JSON object, as text)".lstrip()
-        strict = {"type": "string", "description": text}
-        dtype, accept = pl.String(), dict.fromkeys((dict, str), partial(_free_form, pre))
-    else:
-        dtype, accept, what = _compile_scalar(inner, kind, where, what, pre, rules)
-    check = _check(what, {**accept, type(None): None} if nullable else accept, tuple(rules))
-    return dtype, check, nullable, _or_null(strict, node) if nullable else strict
-
-
-def _or_null(strict: dict[str, Any], outer: dict[str, Any]) -> dict[str, Any]:
-    keep = {k: outer[k] for k in ("title", "description") if k in outer}
-    if strict.get("type") in _SCALARS and "enum" not in strict and "const" not in strict:
-        return {**keep, **strict, "type": [strict["type"], "null"]}
-    return {"anyOf": [strict, {"type": "null"}], **keep}
-
-
-def _compile_scalar(node: dict[str, Any], kind: str, where: str, what: str, pre: bool,
-                    rules: list[Any]) -> tuple[Any, ...]:
-    """(dtype, accept, what) of a string, number, integer or boolean; adds to ``rules``."""
-    dtype, accept = _SCALARS[kind]
-    if kind == "string" and "pattern" in node:
-        try:
-            regex = re.compile(node["pattern"])
-        except (re.error, TypeError) as exc:
-            _fail(f"{where}.pattern", f"not a regular expression Python reads: {exc}")
-        rules.append((re.Pattern.search, regex, False, f"expected a match of {node['pattern']!r}"))
-    allowed = node["enum"] if "enum" in node else [node["const"]] if "const" in node else None
-    if allowed is not None:
-        try:
-            values = frozenset(map(_check(kind, accept), allowed))
-        except (_Invalid, TypeError):
-            _fail(where, f"enum/const {_show(allowed)} must hold {kind} values only")
-        rules.append((operator.contains, values, False, f"expected one of {_show(allowed)}"))
-    if kind == "string" and node.get("format") in _FORMATS:
-        what, dtype, convert = _FORMATS[node["format"]]
-        accept = {str: None if pre else convert}
-    return dtype, accept, what
-
-
-def _check(what: str, accept: dict[type, Check | None], rules: tuple[Any, ...] = ()) -> Check:
-    """Takes the classes in ``accept``, checks ``rules``, converts (ValueError: not ``what``)."""
-    def check(value: Any) -> Any:
-        try:
-            convert = accept[value.__class__]
-        except KeyError:
-            raise _Invalid(f"expected {what}, got {_show(value)}") from None
-        if value is None:  # accepted: the node is nullable
-            return None
-        for test, limit, sized, msg in rules:
-            if not test(limit, len(value) if sized else value):
-                raise _Invalid(f"{msg}, got {_show(value)}")
-        if convert is None:
-            return value
-        try:
-            return convert(value)
-        except ValueError:
-            raise _Invalid(f"expected {what}, got {_show(value)}") from None
-    return check
-
-
-def _items(item: Check, value: list[Any]) -> list[Any]:
-    out = []
-    for i, x in enumerate(value):
-        try:
-            out.append(item(x))
-        except _Invalid as exc:
-            exc.path.append(i)
-            raise
-    return out
-
-
-def _fields(fields: tuple[Any, ...], fill: bool, value: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, sub, mode in fields:
-        x = value.get(name)
-        if x is None and (mode == 1 or name not in value):
-            if mode == 0:
-                raise _Invalid("missing required field", name)
-            if fill:  # else (before a pydantic model) left out, so its default applies
-                out[name] = None
-            continue
-        try:
-            out[name] = sub(x)
-        except _Invalid as exc:
-            exc.path.append(name)
-            raise
-    return out
-
-
-def _free_form(pre: bool, value: Any) -> Any:
-    """A free-form object (or its JSON text, as strict mode asks): as JSON text, or as is."""
-    value = orjson.loads(value) if value.__class__ is str else value
-    if value.__class__ is not dict:
-        raise ValueError
-    return value if pre else orjson.dumps(value).decode()

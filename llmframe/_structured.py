@@ -19,7 +19,6 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import re
-from functools import partial
 from typing import Any
 
 from ._json import dumps
@@ -44,15 +43,24 @@ class Formats:
     ('json_schema', True, 'json_object')
     >>> f.reject("json_object", "HTTP 400"), f.why()
     (False, 'json_schema: HTTP 500; json_object: HTTP 400')
+    >>> f.answered.add("json_object"); f.refuses("json_object", 500, "response_format")
+    False
     """
 
-    __slots__ = ("_bodies", "current", "refused")
+    __slots__ = ("_bodies", "answered", "current", "refused")
 
     def __init__(self, schema: Schema) -> None:
         self._bodies = {form: {"response_format": schema.response_format(form)}
                         for form in FORMS}
         self.current = FORMS[0]
         self.refused: dict[str, str] = {}
+        self.answered: set[str] = set()  # forms it has answered in: never "refused" later
+
+    def refuses(self, form: str | None, status: int, body: str | None) -> bool:
+        """Is this error the endpoint refusing ``form`` itself? Only while that form has
+        never been answered here: a server that answered it before is having a blip (a
+        proxy's 500 that echoes the request body, say), and that is retried as usual."""
+        return form not in self.answered and rejects_format(status, body)
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -106,8 +114,11 @@ def check_answer(schema: Schema, answer: Answer) -> Any:
     """
     text = answer.text
     if text is None:
-        return AttemptError("invalid_output", "the answer has no content (a refusal?)",
-                            status=200, retryable=True)
+        if answer.refusal:  # the model said no: asking again rarely changes that
+            return AttemptError("invalid_output", f"the model refused: {answer.refusal}",
+                                status=200)
+        return AttemptError("invalid_output", "the answer has no content", status=200,
+                            retryable=True)
     try:
         return schema.parse(text)
     except OutputError as exc:
@@ -126,10 +137,9 @@ def _rebuild(source: Any, dtype: Any) -> Schema:
 
 def _reduce(schema: Schema) -> tuple[Any, tuple[Any, Any]]:
     """Pickle a schema as what rebuilds it (``--workers`` sends the config to processes):
-    its JSON Schema, or its pydantic model (the model's validators still run), and dtype."""
-    check = schema._check
-    model = check.args[1] if isinstance(check, partial) and len(check.args) > 1 else None
-    return _rebuild, (model if isinstance(model, type) else schema.json_schema, schema.dtype)
+    its source (the ``pl.Struct``, the pydantic model class: its validators still run, or the
+    JSON Schema) and dtype."""
+    return _rebuild, (schema.source, schema.dtype)
 
 
 copyreg.pickle(Schema, _reduce)

@@ -21,6 +21,7 @@ import orjson
 import polars as pl
 
 from ._checkpoint import Checkpoint, record_of
+from ._columns import struct_column
 from ._config import EndpointLike, RunConfig, run_config
 from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
@@ -65,6 +66,20 @@ class _Collected:
     def dtype(self) -> pl.DataType:
         return pl.String() if self.schema is None else self.schema.dtype
 
+    def response_column(self, name: str) -> pl.Series:
+        """The responses as a column: text, or the schema's Struct (a value polars still
+        refuses makes its row an error, the others are kept)."""
+        if self.schema is None:
+            return pl.Series(name, self.response, dtype=pl.String)
+        column, refused = struct_column(name, self.response, self.schema.dtype)
+        for i, why in refused.items():
+            raw = self.response[i]
+            self.response[i] = None
+            self.error[i] = f"the answer does not fit the column's dtype: {why}"
+            self.meta["error_type"][i] = "invalid_output"
+            self.meta["raw_response"][i] = orjson.dumps(raw, default=str).decode()
+        return column
+
     def put(self, r: Result) -> None:
         record = record_of(r)
         if self.schema is not None:
@@ -85,7 +100,7 @@ class _Collected:
         response = rec.get("response")
         if self.schema is not None and isinstance(response, str):  # from a checkpoint
             try:
-                response = self.schema.parse(response)
+                response = self.schema.restore(response)  # validated when stored
             except ValueError as exc:
                 msg = (f"checkpoint row {i}: its response does not fit schema= (was the "
                        f"checkpoint written with another schema?): {exc}")
@@ -174,8 +189,7 @@ async def _run_series(series: pl.Series, config: RunConfig, chunk_size: int, pro
 
 def _frame_out(df: pl.DataFrame, out: _Collected, *, output: str, error: str,
                metadata: bool) -> pl.DataFrame:
-    cols = [pl.Series(output, out.response, dtype=out.dtype),
-            pl.Series(error, out.error, dtype=pl.String)]
+    cols = [out.response_column(output), pl.Series(error, out.error, dtype=pl.String)]
     if metadata:
         cols += [pl.Series(name, out.meta[name], dtype=dtype) for name, dtype in _METADATA.items()]
     return df.with_columns(cols)
@@ -357,9 +371,9 @@ def complete_expr(
         run_sync(lambda: _run_series(series, config, chunk_size, progress, out))
         if out.stats.stopped_by == "budget":  # no frame to carry: the rows say it
             out.mark_unanswered(series, _NOT_SENT)
-        return pl.Series(series.name, [
-            {"response": r, "error": e} for r, e in zip(out.response, out.error, strict=True)
-        ], dtype=dtype)
+        response = out.response_column("response")
+        return pl.struct(response, pl.Series("error", out.error, dtype=pl.String),
+                         eager=True).alias(series.name)
 
     dtype = result_dtype(config.schema)
     return expr.map_batches(run, return_dtype=dtype)

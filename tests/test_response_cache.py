@@ -1,6 +1,7 @@
 """The response cache end to end: free reruns through the polars calls and the CLI, what is
 and is not stored, shared by processes and threads, and a kill -9 mid-run."""
 
+import json
 import re
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from test_cli import LLMFRAME, read_jsonl, run_cli, write_requests
 from test_structured import CITY, expected
 
-from llmframe import BudgetReached
+from llmframe import BudgetReached, ConfigError
 
 from conftest import run_rows, wait_until
 
@@ -66,8 +67,11 @@ def test_only_complete_successes_are_stored(tmp_path, mock_server):
     _, stats = run_rows(rows, [srv.url], cache=cache, params=cut)
     assert stats.cached == 0
     run_rows(rows, [srv.url], cache=cache, params=cut, cache_truncated=True)
-    _, stats = run_rows(rows, [srv.url], cache=cache, params=cut)
+    _, stats = run_rows(rows, [srv.url], cache=cache, params=cut, cache_truncated=True)
     assert stats.cached == 30
+    # a run that did not ask for cut answers is not given them
+    _, stats = run_rows(rows, [srv.url], cache=cache, params=cut)
+    assert stats.cached == 0
 
 
 def test_hits_are_free_no_rate_tokens_or_budget(tmp_path, mock_server):
@@ -217,3 +221,126 @@ def test_a_dry_run_counts_cached_rows_as_free(tmp_path, mock_server):
     assert srv.counts["requests"] == 600  # the dry run sent nothing
     proc = run_cli("run", req, "-e", ep, "--dry-run")
     assert "dry run: 700 rows to send" in proc.stdout and "cached" not in proc.stdout
+
+
+def test_duplicate_prompts_in_one_run_are_sent_once_and_get_one_answer(tmp_path, mock_server):
+    a, b = mock_server(latency=0.01, name="A"), mock_server(latency=0.01, name="B")
+    cache = tmp_path / "c.sqlite3"
+    prompts = [f"p{i % 37}" for i in range(600)]
+    df = pl.DataFrame({"p": prompts})
+    first = df.llm.complete("p", endpoints=[a.url, b.url], cache=cache, progress=False,
+                            metadata=True)
+    assert a.counts["requests"] + b.counts["requests"] == 37
+    assert first["cached"].sum() == 600 - 37  # answered by their twin's request
+    again = df.llm.complete("p", endpoints=[a.url, b.url], cache=cache, progress=False)
+    assert again["response"].to_list() == first["response"].to_list()
+    assert a.counts["requests"] + b.counts["requests"] == 37
+
+
+def test_a_failed_request_sends_its_duplicates_themselves(tmp_path, mock_server):
+    srv = mock_server(script=["500"])
+    results, stats = run_rows(["same"] * 5, [srv.url], cache=tmp_path / "c.sqlite3",
+                              max_attempts=1, concurrency=1)
+    assert sum(r.ok for r in results.values()) == 4 and stats.errors == 1
+
+
+def test_what_is_not_a_complete_answer_is_not_stored(tmp_path):
+    from llmframe.testing import MockTransport
+
+    answers = {"filtered": ("content_filter", "x"), "empty": ("stop", None),
+               "fine": ("stop", "ok")}
+
+    def handler(body):
+        prompt = json.loads(body)["messages"][-1]["content"]
+        finish, content = answers[prompt]
+        return 200, {}, json.dumps({"choices": [{"finish_reason": finish, "message": {
+            "role": "assistant", "content": content}}]}).encode()
+
+    transport = MockTransport(handler)
+    for _ in range(2):
+        run_rows(list(answers), ["http://127.0.0.1:9/v1"], cache=tmp_path / "c.sqlite3",
+                 transport=lambda url, headers: transport)
+    assert len(transport.requests) == 5  # only "fine" was answered from the cache
+
+
+def test_equal_numbers_are_one_key_and_the_variable_is_checked(tmp_path, mock_server,
+                                                               monkeypatch):
+    srv = mock_server()
+    cache = tmp_path / "c.sqlite3"
+    run_rows(["a", "b"], [srv.url], cache=cache, params={"temperature": 1})
+    _, stats = run_rows(["a", "b"], [srv.url], cache=cache, params={"temperature": 1.0})
+    assert stats.cached == 2 and srv.counts["requests"] == 2
+    monkeypatch.setenv("LLMFRAME_CACHE", "Y")
+    with pytest.raises(ConfigError, match="LLMFRAME_CACHE"):
+        run_rows(["a"], [srv.url])
+    monkeypatch.setenv("LLMFRAME_CACHE", str(tmp_path / "env.sqlite3"))
+    run_rows(["a"], [srv.url])
+    assert (tmp_path / "env.sqlite3").exists()
+
+
+def test_a_held_write_lock_does_not_stop_lookups(tmp_path, mock_server):
+    import sqlite3
+
+    srv = mock_server()
+    cache = tmp_path / "c.sqlite3"
+    run_rows([f"r{i}" for i in range(200)], [srv.url], cache=cache)
+    holder = sqlite3.connect(cache, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for a while
+    timer = threading.Timer(1.5, holder.rollback)
+    timer.start()
+    try:
+        results, stats = run_rows([f"r{i}" for i in range(250)], [srv.url], cache=cache)
+    finally:
+        timer.join()
+        holder.close()
+    assert all(r.ok for r in results.values()) and stats.cached == 200
+    _, stats = run_rows([f"r{i}" for i in range(250)], [srv.url], cache=cache)
+    assert stats.cached == 250  # the new answers were written once the lock was free
+
+
+def test_a_lock_held_past_the_end_costs_the_answers_not_a_hang(tmp_path, mock_server):
+    import asyncio
+    import sqlite3
+
+    from llmframe._cache import CacheClient
+
+    cache = tmp_path / "c.sqlite3"
+    run_rows(["x"], [mock_server().url], cache=cache)
+    holder = sqlite3.connect(cache, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def main() -> None:
+        client = CacheClient(cache, timeout=0.05)
+        await client.open()
+        client.store(b"k" * 16, b"[1, null]")
+        await client.close()
+
+    try:
+        with pytest.raises(Exception, match="locked"):
+            asyncio.run(main())
+    finally:
+        holder.close()
+
+
+def test_closing_the_stream_early_stores_what_was_answered(tmp_path, mock_server):
+    import asyncio
+
+    from llmframe import RunConfig, stream_results
+    from llmframe._cache import open_info
+
+    srv = mock_server(latency=(0.0, 0.02))
+    cache = tmp_path / "c.sqlite3"
+    rows = [(i, {"input": f"s{i}"}, None) for i in range(2000)]
+
+    async def main() -> int:
+        got = 0
+        stream = stream_results(rows, RunConfig([srv.url], cache=cache, rps=2000))
+        async for batch in stream:
+            got += sum(r.ok for r in batch)
+            if got >= 300:
+                break
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert open_info(cache).entries >= got

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmframe._exceptions import ConfigError
+from llmframe._json import dumps
 from llmframe._schema import OutputError, Schema, schema_of
 
 CITY = pl.Struct({"city": pl.String, "country": pl.String, "population": pl.Int64,
@@ -283,7 +284,7 @@ def test_pydantic_model_dtype_and_strict_variant():
         assert obj["required"] == list(obj["properties"])
     props = strict["properties"]
     assert props["nick"] == {"type": ["string", "null"], "title": "Nick"}  # default None gone
-    assert props["level"] == {"type": ["integer", "null"], "title": "Level", "default": 3}
+    assert props["level"] == {"type": ["integer", "null"], "title": "Level"}  # no default
     assert props["color"]["enum"] == ["red", "green"]  # required, so not nullable
     assert props["kind"]["anyOf"][1] == {"type": "null"}
     assert props["homes"]["anyOf"][0]["items"]["properties"]["zip"]["type"] \
@@ -306,7 +307,8 @@ def test_pydantic_answers_are_validated_by_the_model():
                      "born": dt.date(1815, 12, 10)}
     assert series(s, [value]).dtype == s.dtype
     assert "$.age: Value error, unlucky age" in error_of(s, orjson.dumps(answer | {"age": 13}))
-    assert error_of(s, orjson.dumps(answer | {"age": -1})).startswith("$.age: expected >= 0")
+    assert error_of(s, orjson.dumps(answer | {"age": -1})) \
+        == "$.age: Input should be greater than or equal to 0"
 
 
 def test_pydantic_is_not_imported_by_the_module():
@@ -383,13 +385,13 @@ def test_parse_converts_and_drops_extras():
         "seen": "2024-01-01T12:00:00+02:00", "color": "green", "extra": 1,
         "address": {"city": "Paris", "zip": None, "x": 2},
         "friends": [{"city": "Lyon", "zip": "69001"}, {"city": "Nice"}],
-        "meta": {"k": [1, 2]}}))
+        "meta": {"k": 1, "j": 2}}))
     assert value == {
         "name": "Ada", "age": 36, "score": 3.0, "born": dt.date(1815, 12, 10),
         "seen": dt.datetime(2024, 1, 1, 10), "color": "green",
         "address": {"city": "Paris", "zip": None},
         "friends": [{"city": "Lyon", "zip": "69001"}, {"city": "Nice", "zip": None}],
-        "meta": '{"k":[1,2]}'}
+        "meta": '{"k":1,"j":2}'}
     assert type(value["age"]) is int and type(value["score"]) is float
     sparse = s.parse('{"name": "B", "age": 1, "address": {"city": "X"}, "friends": [], '
                      '"meta": "{\\"k\\": 1}"}')
@@ -457,3 +459,329 @@ def test_numbers_and_bounds():
     assert error_of(s, '{"x": false}') == "$.x: expected a number, got false"
     assert error_of(s, '{"c": "no"}') == '$.c: expected one of ["yes"], got "no"'
     assert s.parse('{"c": "yes", "x": 0}') == {"i": None, "x": 0.0, "c": "yes"}
+
+
+# --- values fit their column's dtype, checked per answer
+
+
+def test_a_json_schema_integer_fits_int64_whatever_its_maximum():
+    s = schema_of({"type": "object", "properties": {"n": {"type": "integer", "maximum": 1e20}}})
+    assert error_of(s, '{"n": 18446744073709551616}') \
+        == "$.n: expected <= 9223372036854775807 (Int64), got 1.8446744073709552e+19"
+    assert error_of(s, {"n": 2**64}).startswith("$.n: expected <= 9223372036854775807 (Int64)")
+    assert error_of(s, '{"n": -9223372036854775809}').startswith("$.n: expected an integer")
+    edges = [s.parse({"n": 2**63 - 1}), s.parse('{"n": -9223372036854775808}')]
+    assert series(s, edges).struct.field("n").to_list() == [2**63 - 1, -(2**63)]
+
+
+def test_struct_integers_fit_their_width():
+    s = schema_of(pl.Struct({"u": pl.UInt64, "i": pl.Int128, "b": pl.Int8}))
+    top = {"u": 2**64 - 1, "i": 2**127 - 1, "b": -128}
+    text = '{"u": 18446744073709551615, "i": 170141183460469231731687303715884105727, "b": -128}'
+    assert s.parse(text) == top  # a 128-bit integer read exactly
+    assert series(s, [text]).to_list() == [top]
+    assert error_of(s, top | {"u": 2**64}).startswith("$.u: expected <= 18446744073709551615")
+    assert error_of(s, top | {"i": 2**127}).startswith("$.i: expected <= 1701411834604692")
+    assert error_of(s, top | {"b": -129}) == "$.b: expected >= -128, got -129"
+
+
+def test_decimal_fields_are_rounded_to_scale_and_bounded_by_precision():
+    s = schema_of(pl.Struct({"p": pl.Decimal(10, 2), "w": pl.Decimal(38, 10)}))
+    texts = ['{"p": 12345678.994, "w": 1234567890123456789012345678.0123456789}',
+             '{"p": 12345678.995, "w": 0}', '{"p": -99999999.99, "w": -1}',
+             '{"p": -0.001, "w": 0.00000000005}', '{"p": 7, "w": 2.5e-3}']
+    values = [s.parse(t) for t in texts]
+    assert [v["p"] for v in values] == [Decimal("12345678.99"), Decimal("12345679.00"),
+                                        Decimal("-99999999.99"), Decimal("0.00"), Decimal("7.00")]
+    assert values[0]["w"] == Decimal("1234567890123456789012345678.0123456789")  # exact
+    assert values[3]["w"] == Decimal("0E-10")  # half-even: 0.00000000005 -> 0.0000000000
+    assert all(type(v["p"]) is Decimal for v in values)
+    assert series(s, values).to_list() == values
+    assert error_of(s, '{"p": 99999999.995, "w": 0}') == (
+        "$.p: expected at most 8 digits before the point (Decimal(precision=10, scale=2)), "
+        "got 99999999.995")
+    assert error_of(s, '{"p": 123456789, "w": 0}').startswith("$.p: expected at most 8 digits")
+    assert error_of(s, '{"p": 1e30, "w": 0}').startswith("$.p: expected at most 8 digits")
+    assert error_of(s, '{"p": "1.5", "w": 0}') == '$.p: expected a number, got "1.5"'
+    assert error_of(s, '{"p": NaN, "w": 0}').startswith("not JSON: ")
+    assert s.parse({"p": 1.5, "w": 1}) == {"p": Decimal("1.50"), "w": Decimal("1.0000000000")}
+
+
+def test_float32_fields_are_finite_and_within_its_range():
+    s = schema_of(pl.Struct({"f": pl.Float32}))
+    edges = [s.parse('{"f": 3.4028235e38}'), s.parse('{"f": -3.4028235e38}'), s.parse({"f": 1})]
+    column = series(s, edges).struct.field("f")
+    assert column.is_finite().all() and column.to_list()[2] == 1.0
+    for big in ("3.5e38", "-1e39"):
+        assert error_of(s, f'{{"f": {big}}}').startswith("$.f: expected ")
+    assert error_of(s, '{"f": 3.5e38}') == (
+        "$.f: expected a finite number within ±3.4028235e38 (Float32), got 3.5e+38")
+    for odd in (float("inf"), float("nan"), 10**400):
+        assert error_of(s, {"f": odd}).startswith("$.f: expected a ")
+
+
+def test_datetime_fields_fit_their_time_unit():
+    s = schema_of(pl.Struct({"ns": pl.Datetime("ns"), "us": pl.Datetime("us"),
+                             "ms": pl.Datetime("ms"), "d": pl.Date}))
+    low = {"ns": "1677-09-21T00:12:43.145225", "us": "0001-01-01T00:00:00",
+           "ms": "0001-01-01T00:00:00Z", "d": "0001-01-01"}
+    high = {"ns": "2262-04-12T01:47:16.854775+02:00", "us": "9999-12-31T23:59:59.999999",
+            "ms": "9999-12-31T23:59:59.999", "d": "9999-12-31"}
+    got = series(s, [orjson.dumps(low).decode(), orjson.dumps(high).decode()]).to_list()
+    assert got[0]["ns"] == dt.datetime(1677, 9, 21, 0, 12, 43, 145225)
+    assert got[1]["ns"] == dt.datetime(2262, 4, 11, 23, 47, 16, 854775)
+    assert got[0]["us"] == dt.datetime.min and got[1]["d"] == dt.date.max
+    for at in ("1677-09-21T00:12:43.145224", "2262-04-11T23:47:16.854776", "3000-01-01T00:00:00"):
+        assert error_of(s, low | {"ns": at}) == (
+            "$.ns: expected a date-time within 1677-09-21T00:12:43.145225 .. "
+            f'2262-04-11T23:47:16.854775 (Datetime ns), got "{at}"')
+    # past Python's range once in UTC: an error, not a crash
+    assert error_of(s, low | {"us": "0001-01-01T00:00:00+01:00"}).startswith(
+        "$.us: expected a date-time (ISO 8601)")
+
+
+# --- restore: a stored value back to the dtype, without a pydantic model's validators
+
+
+def billing_model() -> Any:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Bill(pydantic.BaseModel):
+        qty: int
+        cents: int
+        amount: int = 0
+        price: Decimal = Decimal(0)
+        meta: dict[str, Any] = pydantic.Field(default_factory=dict)
+        due: Optional[dt.date] = None  # noqa: UP045
+        note: str = "none"
+
+        @pydantic.field_validator("cents")
+        @classmethod
+        def to_cents(cls, value: int) -> int:
+            return value * 100
+
+        @pydantic.field_validator("amount", mode="before")
+        @classmethod
+        def amount_in_cents(cls, value: Any) -> Any:
+            return round(value * 100) if isinstance(value, float) else value
+
+    return Bill
+
+
+def test_restore_does_not_run_the_model_validators_again():
+    s = schema_of(billing_model())
+    value = s.parse('{"qty": 2, "cents": 3, "due": "2024-02-29"}')
+    assert value["cents"] == 300
+    stored = dumps(value).decode()  # as a checkpoint line or a cache entry holds it
+    assert s.restore(stored) == value and s.restore(orjson.loads(stored)) == value
+    assert s.restore(stored)["due"] == dt.date(2024, 2, 29)
+    assert s.parse(stored)["cents"] == 30000  # what parse would do: why restore exists
+    assert s.restore(value) == value  # already converted: kept
+    with pytest.raises(OutputError, match=r"^\$\.cents: expected an integer"):
+        s.restore(stored.replace("300", '"x"'))
+    with pytest.raises(OutputError, match=r"^\$\.qty: missing required field"):
+        s.restore("{}")
+
+
+def test_restore_converts_stored_values_of_any_schema():
+    s = schema_of(NESTED)
+    value = s.parse('{"name": "A", "age": 1, "address": {"city": "P"}, "friends": [], '
+                    '"born": "2000-01-02", "seen": "2024-01-01T12:00:00+02:00", '
+                    '"meta": {"k": 1}}')
+    assert s.restore(dumps(value)) == value
+    d = schema_of(pl.Struct({"p": pl.Decimal(20, 4), "b": pl.Int8}))
+    price = Decimal("1234567890123456.1234")
+    assert d.restore(dumps({"p": price, "b": 1})) == {"p": price, "b": 1}  # exact
+    assert d.restore({"p": "1.5", "b": 1}) == {"p": Decimal("1.5000"), "b": 1}
+    with pytest.raises(OutputError, match=r"^\$\.b: expected <= 127 \(Int8\), got 300"):
+        d.restore('{"p": 1, "b": 300}')
+
+
+# --- with a pydantic model, the model decides what is valid
+
+
+def test_the_model_decides_lax_values_and_before_validators():
+    s = schema_of(billing_model())
+    value = s.parse('{"qty": "2", "cents": "3", "amount": 4.5, "price": "12.50", '
+                    '"meta": "{\\"a\\": [1]}", "note": null}')
+    assert value == {"qty": 2, "cents": 300, "amount": 450, "price": 12.5,
+                     "meta": '{"a":[1]}', "due": None, "note": "none"}
+    assert series(s, [value]).dtype == s.dtype
+    many = error_of(s, '{"qty": "x", "cents": "y", "amount": "z", "price": "abc"}')
+    assert many.count("; ") == 2 and many.startswith("$.qty: Input should be a valid integer")
+    assert "$.cents: " in many and "$.amount: " in many and "price" not in many  # first 3
+    assert error_of(s, '{"qty": 1, "cents": 100000000000000000}') \
+        == "$.cents: expected <= 9223372036854775807 (Int64), got 10000000000000000000"
+
+
+# --- JSON Schema keywords: checked, or refused
+
+
+def test_multiple_of_unique_items_and_property_counts_are_checked():
+    s = schema_of({"type": "object", "minProperties": 1, "properties": {
+        "step": {"type": "number", "multipleOf": 0.1}, "five": {"type": "integer", "multipleOf": 5},
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "rows": {"type": "array", "items": {"type": "object", "properties": {
+            "a": {"type": "integer"}}}, "uniqueItems": True},
+        "meta": {"type": "object", "minProperties": 1, "maxProperties": 2},
+        "box": {"type": "object", "properties": {"a": {"type": "integer"}},
+                "maxProperties": 1}}})
+    assert s.parse('{"step": 0.3, "five": 10, "tags": ["a", "b"], "rows": [{"a": 1}, {"a": 2}], '
+                   '"meta": "{\\"k\\": 1}", "box": {"a": 1}}')["step"] == 0.3
+    assert error_of(s, '{"step": 0.35}') == "$.step: expected a multiple of 0.1, got 0.35"
+    assert error_of(s, '{"five": 12}') == "$.five: expected a multiple of 5, got 12"
+    assert error_of(s, '{"tags": ["a", "a"]}') == '$.tags: expected unique items, got ["a","a"]'
+    assert error_of(s, '{"rows": [{"a": 1}, {"a": 1}]}').startswith("$.rows: expected unique")
+    assert error_of(s, '{"meta": {}}') == "$.meta: expected at least 1 properties, got {}"
+    assert error_of(s, '{"meta": "{\\"a\\":1,\\"b\\":2,\\"c\\":3}"}').startswith(
+        "$.meta: expected at most 2 properties")
+    assert error_of(s, '{"box": {"a": 1, "b": 2}}').startswith("$.box: expected at most 1 prop")
+    assert error_of(s, "{}") == "$: expected at least 1 properties, got {}"
+    assert "positive number" in config_error({"properties": {"x": {"type": "number",
+                                                                    "multipleOf": 0}}})
+    assert "true or false" in config_error({"properties": {"x": {
+        "type": "array", "items": {"type": "string"}, "uniqueItems": "yes"}}})
+
+
+def test_explicit_additional_properties_false_rejects_extra_keys():
+    closed = schema_of({"type": "object", "additionalProperties": False, "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "integer"}},
+              "additionalProperties": False},
+        "free": {"type": "object", "additionalProperties": False}}})
+    assert closed.parse('{"a": {"b": 1}, "free": {}}') == {"a": {"b": 1}, "free": "{}"}
+    assert error_of(closed, '{"a": {"b": 1}, "x": 2}') \
+        == "$.x: unexpected property (additionalProperties is false)"
+    assert error_of(closed, '{"a": {"b": 1, "c d": 2}}') \
+        == '$.a["c d"]: unexpected property (additionalProperties is false)'
+    assert error_of(closed, '{"free": {"z": 1}}') \
+        == "$.free.z: unexpected property (additionalProperties is false)"
+    open_ = schema_of({"type": "object", "properties": {"a": {"type": "integer"}}})
+    assert open_.parse('{"a": 1, "x": 2}') == {"a": 1}  # not said: dropped
+    assert schema_of(pl.Struct({"a": pl.Int64})).parse('{"a": 1, "x": 2}') == {"a": 1}
+
+
+def test_free_form_values_follow_an_additional_properties_schema():
+    s = schema_of({"type": "object", "properties": {
+        "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}}})
+    assert s.parse('{"counts": {"a": 1}}') == {"counts": '{"a":1}'}
+    assert error_of(s, '{"counts": {"a": -1}}') == "$.counts.a: expected >= 0, got -1"
+
+
+def test_openapi_nullable_and_annotation_formats():
+    s = schema_of({"type": "object", "properties": {
+        "n": {"type": "integer", "nullable": True}, "mail": {"type": "string", "format": "email"},
+        "id": {"type": "string", "format": "uuid"}, "t": {"type": "string", "format": "time"}},
+        "required": ["n", "mail"]})
+    assert s.dtype == pl.Struct({"n": pl.Int64, "mail": pl.String, "id": pl.String,
+                                 "t": pl.String})
+    assert s.parse('{"n": null, "mail": "not an address", "id": "x", "t": "noon"}') \
+        == {"n": None, "mail": "not an address", "id": "x", "t": "noon"}
+    assert s.strict_schema["properties"]["n"] == {"type": ["integer", "null"]}
+    assert error_of(s, '{"n": "1", "mail": "m"}') == '$.n: expected an integer, got "1"'
+
+
+@pytest.mark.parametrize("keyword", [
+    "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "patternProperties",
+    "propertyNames", "contains", "unevaluatedProperties", "prefixItems"])
+def test_keywords_llmframe_does_not_check_are_refused(keyword):
+    message = config_error({"type": "object", "properties": {"a": {
+        "type": "object", "properties": {"b": {"type": "string"}}, keyword: {}}}})
+    assert message.startswith(f"schema at $.properties.a.{keyword}: the keyword {keyword!r} "
+                              "is not supported")
+    top = config_error({"type": "object", "properties": {"a": {"type": "string"}}, keyword: {}})
+    assert top.startswith(f"schema at $.{keyword}: ")
+
+
+def test_enum_of_objects_is_refused():
+    assert "enum or const of an object" in config_error(
+        {"properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}},
+                              "enum": [{"b": "x"}]}}})
+
+
+# --- strict variant: no default; pydantic's Decimal
+
+
+def test_strict_drops_every_default_and_leaves_the_callers_schema_alone():
+    pydantic = pytest.importorskip("pydantic")
+
+    class Person(pydantic.BaseModel):
+        name: str = "Ann"
+        age: int = 30
+        tags: list[str] = pydantic.Field(default_factory=lambda: ["x"])
+
+    node = {"type": "object", "default": {}, "properties": {
+        "a": {"type": "integer", "default": 1},
+        "b": {"type": "array", "items": {"type": "string", "default": "x"}, "default": []}}}
+    before = orjson.dumps(node)
+    for source in (Person, node):
+        strict = orjson.dumps(schema_of(source).strict_schema).decode()
+        assert '"default"' not in strict
+    assert orjson.dumps(node) == before
+    assert schema_of(node).json_schema["properties"]["a"]["default"] == 1  # json_object form
+    assert schema_of(Person).parse('{"name": null, "age": null, "tags": null}') \
+        == {"name": "Ann", "age": 30, "tags": ["x"]}
+
+
+def test_pydantic_decimal_is_a_float64_number():
+    pydantic = pytest.importorskip("pydantic")
+
+    class Item(pydantic.BaseModel):
+        price: Decimal
+        vat: Optional[Decimal] = pydantic.Field(None, max_digits=6, decimal_places=2)  # noqa: UP045
+
+    s = schema_of(Item)
+    assert s.dtype == pl.Struct({"price": pl.Float64, "vat": pl.Float64})
+    assert s.strict_schema["properties"]["price"] == {"title": "Price", "type": "number"}
+    assert s.strict_schema["properties"]["vat"] == {"title": "Vat", "type": ["number", "null"]}
+    assert s.parse('{"price": "12.50", "vat": 1.5}') == {"price": 12.5, "vat": 1.5}
+    assert error_of(s, '{"price": "abc"}').startswith("$.price: Input should be a valid decimal")
+    plain = schema_of({"type": "object", "properties": {"p": Item.model_json_schema()[
+        "properties"]["price"] | {"minimum": 0}}})
+    assert plain.parse('{"p": "12.5"}') == plain.parse('{"p": 12.5}') == {"p": 12.5}
+    assert error_of(plain, '{"p": "abc"}') == '$.p: expected a number, got "abc"'
+    assert error_of(plain, '{"p": "-1"}') == '$.p: expected >= 0, got -1.0'
+
+
+# --- free-form objects in the strict form, and the test server's answers
+
+
+def test_the_test_server_answers_the_strict_variant():
+    from llmframe.testing._schemagen import build
+
+    s = schema_of({**NESTED, "properties": {**NESTED["properties"], "meta": {"type": "object"}}})
+    assert build({"type": "string", "contentMediaType": "application/json"}, "hi") \
+        == '{"echo": "hi"}'
+    assert build({"type": "string", "pattern": "^[0-9]{5}$"}, "hi") == "00000"
+    assert build({"type": "string", "pattern": "^echo"}, "hi") == "echo: hi"
+    assert build({"type": "string", "pattern": "^(?!.)x$"}, "hi") == "echo: hi"  # none fits
+    assert build({"type": "string", "pattern": "("}, "hi") == "echo: hi"  # not a regex
+    for form in (s.strict_schema, s.json_schema):  # meta: JSON text, or an object
+        value = s.parse(orjson.dumps(build(form, "Paris")))
+        assert value["meta"] == '{"echo":"Paris"}'
+        assert value["address"]["zip"] == "00000"
+
+
+def test_keywords_beside_a_union_apply_to_its_branch():
+    s = schema_of({"type": "object", "properties": {
+        "n": {"anyOf": [{"type": "integer"}, {"type": "null"}], "minimum": 0, "title": "N"}}})
+    assert s.parse('{"n": null}') == {"n": None} and s.parse('{"n": 3}') == {"n": 3}
+    assert error_of(s, '{"n": -1}') == "$.n: expected >= 0, got -1"
+    assert s.strict_schema["properties"]["n"] == {"type": ["integer", "null"], "minimum": 0,
+                                                  "title": "N"}
+
+
+def test_a_schema_pickles_as_its_source():
+    import pickle
+
+    import llmframe._structured  # noqa: F401 - registers how a Schema pickles
+
+    struct = pl.Struct({"p": pl.Decimal(10, 2), "t": pl.Datetime("ns")})
+    s = pickle.loads(pickle.dumps(schema_of(struct)))
+    assert s.source == struct and s.dtype == struct
+    assert s.parse('{"p": 1.005, "t": "2024-01-01T00:00:00"}')["p"] == Decimal("1.00")
+    assert error_of(s, '{"p": 1, "t": "3000-01-01T00:00:00"}').startswith("$.t: expected a ")
+    closed = {"type": "object", "properties": {"a": {"type": "integer"}},
+              "additionalProperties": False}
+    again = pickle.loads(pickle.dumps(schema_of(closed)))
+    assert again.source == closed and again.source is not closed
+    assert error_of(again, '{"a": 1, "b": 2}').startswith("$.b: unexpected property")

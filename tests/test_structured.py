@@ -215,3 +215,61 @@ def test_file_round_trip_with_a_schema(tmp_path, mock_server):
     assert (saved, errors) == (5, 0)
     for line in read_jsonl(tmp_path / "s.jsonl"):
         assert line["response"] == expected(line["request"]["input"])
+
+
+def _chat(content, **message):
+    return json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": content, **message}}]}).encode()
+
+
+def test_a_blip_naming_response_format_after_answers_is_retried_not_a_refusal():
+    """A proxy's 500 that echoes the request (and so names response_format) at an endpoint
+    that already answered in that form is a blip: retried, and the form is kept."""
+    from llmframe.testing import MockTransport
+
+    calls = []
+
+    def handler(body):
+        calls.append(json.loads(body)["response_format"]["type"])
+        if len(calls) in (3, 7):
+            return 500, {}, b'{"error": "Connection error, kwargs={response_format: ...}"}'
+        return 200, {}, _chat(json.dumps({"city": "x", "population": 1, "coastal": True,
+                                           "tags": []}))
+
+    transport = MockTransport(handler)
+    results, _ = run_rows([f"q{i}" for i in range(10)], ["http://127.0.0.1:9/v1"],
+                          schema=CITY, transport=lambda url, headers: transport,
+                          concurrency=1, backoff_initial=0.01)
+    assert all(r.ok for r in results.values())
+    assert set(calls) == {"json_schema"} and len(calls) == 12
+
+
+def test_a_refusal_is_kept_not_retried_and_a_value_polars_refuses_errs_alone():
+    from llmframe.testing import MockTransport
+
+    refusal = MockTransport(lambda body: (200, {}, _chat(None, refusal="I can't help.")))
+    results, _ = run_rows(["q"], ["http://127.0.0.1:9/v1"], schema=CITY,
+                          transport=lambda url, headers: refusal)
+    r = results[0]
+    assert r.error_type == "invalid_output" and "refused" in r.error
+    assert r.raw_response == "I can't help." and r.attempts == 1
+    # a value polars cannot hold (if one ever got past the check) errs alone, not the call
+    from llmframe._columns import struct_column
+
+    dtype = pl.Struct({"p": pl.Int64, "q": pl.List(pl.String)})
+    column, refused = struct_column("r", [{"p": 1, "q": ["a"]}, {"p": 10**30, "q": []}, None],
+                                    dtype)
+    assert column.dtype == dtype and list(refused) == [1]
+    assert column.to_list() == [{"p": 1, "q": ["a"]}, None, None]
+
+
+def test_decimal_fields_round_trip_through_the_files(tmp_path, mock_server):
+    srv = mock_server()
+    req = write_requests(tmp_path / "req.jsonl", [{"input": f"item {i}"} for i in range(3)])
+    schema = pl.Struct({"item": pl.String, "price": pl.Decimal(10, 2)})
+    df = llmframe.read_jsonl(req).llm.complete("input", endpoints=[srv.url], schema=schema,
+                                               progress=False, metadata=True)
+    assert df.schema["response"] == schema and df["error"].null_count() == 3
+    assert llmframe.write_results(df, tmp_path / "s.jsonl", tmp_path / "e.jsonl") == (3, 0)
+    assert all(isinstance(line["response"]["price"], float)
+               for line in read_jsonl(tmp_path / "s.jsonl"))

@@ -4,7 +4,10 @@ mock server's structured answers.
 - string: ``"echo: " + p`` (cut to ``maxLength``, padded to ``minLength`` with ``.``);
   ``enum``: ``enum[n % len(enum)]``; ``const``: the const; ``format`` ``date``:
   ``2024-01-DD`` with ``DD = n % 28 + 1``; ``date-time``: that date + ``T12:00:00Z``
-  (also ``time``, ``email``, ``uri``, ``uuid``);
+  (also ``time``, ``email``, ``uri``, ``uuid``); ``contentMediaType: application/json``
+  (how llmframe's strict variant asks for a free-form object): ``'{"echo": p}'`` as JSON
+  text; a ``pattern`` the string does not match: the first of a few simple strings that
+  does (digits, letters, a date, an e-mail address...), else the string anyway;
 - integer: ``n``; number: ``n / 2``, both clamped into ``minimum``/``maximum`` (exclusive
   bounds one step in: 1 for integers, 0.5 for numbers); boolean: ``n % 2 == 0``;
 - array: ``max(minItems, 1)`` items (at most ``maxItems``; ``prefixItems`` each once);
@@ -29,6 +32,8 @@ about a microsecond per field; ``Plan.bad`` breaks a value for the ``badjson`` f
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -87,16 +92,43 @@ def _bounded(schema: dict[str, Any], make: Make, step: float) -> Make:
     return lambda p, n: min(max(make(p, n), low), high)
 
 
+def _json_text(p: str, n: int) -> str:
+    return json.dumps({"echo": p})
+
+
 def _string(schema: dict[str, Any]) -> Make:
     fmt = _FORMAT_MAKERS.get(schema.get("format"))  # type: ignore[arg-type]
     if fmt is not None:
         return fmt
+    if schema.get("contentMediaType") == "application/json" or str(
+            schema.get("description", "")).endswith("(a JSON object, as text)"):
+        return _json_text
     lo, hi = schema.get("minLength"), schema.get("maxLength")
-    if not isinstance(lo, int) and not isinstance(hi, int):
-        return _echo
     lo = lo if isinstance(lo, int) else 0
     hi = hi if isinstance(hi, int) else None
-    return lambda p, n: ("echo: " + p).ljust(lo, ".")[:hi]
+    make = _echo if not lo and hi is None else lambda p, n: ("echo: " + p).ljust(lo, ".")[:hi]
+    return _matching(schema.get("pattern"), make, lo, hi)
+
+
+_CANDIDATES = (*(c * k for k in range(1, 13) for c in "0aA"), "2024-01-01", "12:00:00",
+               "user@example.com", "https://example.com", "a-1", "A1", str(uuid.UUID(int=0)))
+
+
+def _matching(pattern: Any, make: Make, lo: int, hi: int | None) -> Make:
+    """``make``, or when its string does not match ``pattern`` a simple one that does."""
+    try:
+        regex = re.compile(pattern) if isinstance(pattern, str) else None
+    except re.error:
+        regex = None
+    fits = [c for c in _CANDIDATES if lo <= len(c) <= (hi if hi is not None else len(c))]
+    fallback = next((c for c in fits if regex is not None and regex.search(c)), None)
+    if fallback is None:  # no pattern, or none of ours matches it: leave it to the schema
+        return make
+
+    def matching(p: str, n: int) -> str:
+        value = make(p, n)
+        return value if regex.search(value) else fallback  # type: ignore[union-attr]
+    return matching
 
 
 def _pointer(root: Any, ref: str) -> Any:
