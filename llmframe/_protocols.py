@@ -74,19 +74,19 @@ def prepare(
     return Prepared(body, "model" in body)
 
 
-def encode(prepared: Prepared, model: str | None,
-           extra: Mapping[str, Any] | None = None) -> bytes:
+def encode(prepared: Prepared, model: str | None, extra: bytes = b"") -> bytes:
     """The request body as bytes, with ``model`` unless the row set its own, and ``extra``
-    keys (the endpoint's ``response_format``) last.
+    (``,"key":value`` JSON, serialized once per run: the endpoint's ``response_format``)
+    last.
 
-    >>> encode(Prepared({"prompt": "hi"}, False), "m", {"seed": 1})
+    >>> encode(Prepared({"prompt": "hi"}, False), "m", b',"seed":1')
     b'{"model":"m","prompt":"hi","seed":1}'
     """
     body = prepared.body
     if model is not None and not prepared.has_model:
         body = {"model": model, **body}
-    if extra:
-        body = {**body, **extra}
+    if extra and body:
+        return dumps(body)[:-1] + extra + b"}"
     return dumps(body)
 
 

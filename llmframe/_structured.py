@@ -39,8 +39,8 @@ class Formats:
 
     >>> from llmframe._schema import schema_of
     >>> f = Formats(schema_of({"type": "object", "properties": {"a": {"type": "string"}}}))
-    >>> f.extra["response_format"]["type"], f.reject("json_schema", "HTTP 500"), f.current
-    ('json_schema', True, 'json_object')
+    >>> f.extra[:37], f.reject("json_schema", "HTTP 500"), f.current
+    (b',"response_format":{"type":"json_sche', True, 'json_object')
     >>> f.reject("json_object", "HTTP 400"), f.why()
     (False, 'json_schema: HTTP 500; json_object: HTTP 400')
     >>> f.answered.add("json_object"); f.refuses("json_object", 500, "response_format")
@@ -50,8 +50,8 @@ class Formats:
     __slots__ = ("_bodies", "answered", "current", "refused")
 
     def __init__(self, schema: Schema) -> None:
-        self._bodies = {form: {"response_format": schema.response_format(form)}
-                        for form in FORMS}
+        self._bodies = {form: b',"response_format":' + dumps(schema.response_format(form))
+                        for form in FORMS}  # serialized once: sent with every request
         self.current = FORMS[0]
         self.refused: dict[str, str] = {}
         self.answered: set[str] = set()  # forms it has answered in: never "refused" later
@@ -63,7 +63,7 @@ class Formats:
         return form not in self.answered and rejects_format(status, body)
 
     @property
-    def extra(self) -> dict[str, Any]:
+    def extra(self) -> bytes:
         return self._bodies[self.current]
 
     def reject(self, form: str, why: str) -> bool:
