@@ -121,12 +121,16 @@ def bounds(dtype: Any) -> tuple[Any, Any] | None:
 
 
 def _number_or_text(branches: list[Any]) -> dict[str, Any] | None:
-    """pydantic's Decimal, a number or a string matching numbers: the number branch, with the
-    string's pattern."""
+    """pydantic's Decimal, a number or a string (of a number): the number branch, with the
+    string's pattern if it has one (pydantic 2.14 leaves it out). A string that is not a
+    number is then refused per answer: a polars column holds one type."""
     kinds = {b.get("type"): b for b in branches if isinstance(b, dict)}
     text = kinds.get("string", {})
-    if len(branches) != 2 or set(kinds) != {"number", "string"} \
-            or not isinstance(text.get("pattern"), str):
+    if len(branches) != 2 or set(kinds) != {"number", "string"}:
+        return None
+    if "pattern" not in text:
+        return dict(kinds["number"])
+    if not isinstance(text.get("pattern"), str):
         return None
     try:
         regex = re.compile(text["pattern"])
@@ -298,7 +302,7 @@ def _scalar(inner: dict[str, Any], kind: str, where: str, target: Any, rules: li
     dtype, what, accept, restore, fit = _typed(inner, kind, target, rules)
     if kind == "numeric":  # a number's text (matching the pattern): read, then a number
         number, fitted = checker(what, accept, tuple(rules)), checker(what, accept, fit)
-        regex = re.compile(inner["pattern"])
+        regex = re.compile(inner["pattern"]) if "pattern" in inner else None
         accept = {**dict.fromkeys(accept, number), str: partial(from_text, number, regex)}
         restore = {**dict.fromkeys(restore, fitted), str: partial(from_text, fitted, None)}
         rules, fit = [], ()
