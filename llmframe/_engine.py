@@ -222,7 +222,10 @@ async def stream_results(
     Every row yields exactly one :class:`Result`, unless the run is stopped early
     (``control.stop()``: rows not yet sent get none; ``stats.unfinished`` counts the rows
     read but left without a result). ``stats`` (optional) is kept up to date for progress
-    display. Closing the generator (or cancelling its task) stops the run at once.
+    display. Closing the generator (or cancelling its task) stops the run at once; to
+    stop early, ``await stream.aclose()`` (or use ``contextlib.aclosing``) — a bare
+    ``break`` leaves the closing, and with a cache the storing of the last answers, to the
+    garbage collector.
     ``on_result`` (optional) is called with each result the moment it exists, before it
     is batched; ``sink`` (optional, ``write``/``flush``) stores each result then too and
     is flushed every second. If either raises, the run stops and raises
