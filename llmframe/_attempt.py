@@ -26,7 +26,7 @@ _BODY_EXCERPT = 300
 #: failures the provider may still bill (it may have answered): the budget charges them
 _MAYBE_BILLED = frozenset({"timeout", "invalid_response", "internal_error"})
 #: what each kind of transport failure is called in results
-_KINDS = {"connect": "connection_error", "protocol": "connection_error",
+_KINDS = {"connect": "connection_error", "protocol": "connection_error", "tls": "tls_error",
           "timeout": "timeout", "decode": "invalid_response"}
 
 
@@ -77,7 +77,7 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
             target.observe(limits, job.tokens, asyncio.get_running_loop().time())
     except TransportError as exc:
         return AttemptError(_KINDS[exc.kind], secrets.redact(str(exc)) or exc.kind,
-                            retryable=True)
+                            retryable=exc.kind != "tls")  # a bad certificate stays bad
     except asyncio.CancelledError:
         if not job.timed_out:
             raise

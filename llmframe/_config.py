@@ -36,7 +36,7 @@ class RunConfig:
     shape each request body; ``api`` is ``chat``, ``completions`` or ``raw``. Retries wait
     ``backoff_initial * 2**n`` up to ``backoff_max`` (up to 25% less, jittered), or what a
     ``Retry-After`` asks up to ``max_retry_after``. ``transport``: ``auto`` (the fast HTTP/1.1
-    client for http://, aiohttp for https://), ``fast`` or ``aiohttp``, or a function
+    client, for http:// and https://), ``fast`` or ``aiohttp``, or a function
     ``(url, headers) -> Transport`` (e.g. ``llmframe.testing.MockTransport``, for tests
     without sockets). ``tpm`` is a global limit on tokens per minute (each endpoint may
     have its own ``tpm``/``rpm`` too); ``budget`` (USD) stops sending before the spend

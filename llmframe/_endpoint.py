@@ -75,6 +75,10 @@ class Endpoint:
     timeout: float | None = None
     price_in: float | None = None
     price_out: float | None = None
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
 
     def __post_init__(self) -> None:
         where = f"endpoint {redact_url(str(self.url))!r}"
@@ -99,6 +103,7 @@ class Endpoint:
         if (self.price_in is None) != (self.price_out is None):
             msg = f"{where}: give price_in and price_out together (USD per 1M tokens)"
             raise ConfigError(msg)
+        _check_tls(self, where)
         if self.max_concurrency is not None:
             positive("max_concurrency", self.max_concurrency, where, integer=True)
         if self.timeout is not None:
@@ -122,6 +127,16 @@ class Endpoint:
                 msg = f"{where}: headers must map strings to strings"
                 raise ConfigError(msg)
             object.__setattr__(self, "headers", dict(self.headers))
+
+    def ssl_context(self) -> Any:
+        """The TLS context for this endpoint (None for http://); see ``_tls``."""
+        if not self.url.startswith("https://"):
+            return None
+        from ._tls import client_context
+
+        return client_context(ca_bundle=self.ca_bundle, client_cert=self.client_cert,
+                              client_key=self.client_key, verify=self.verify,
+                              name=self.name)
 
     @property
     def request_rate(self) -> float | None:
@@ -181,21 +196,51 @@ class Endpoint:
     def __repr__(self) -> str:
         args = [repr(self.name)]
         for name in ("model", "weight", "api_key_env", "rps", "rpm", "tpm", "max_concurrency",
-                     "timeout", "price_in", "price_out"):
+                     "timeout", "price_in", "price_out", "ca_bundle", "client_cert",
+                     "client_key"):
             value = getattr(self, name)
             if value is not None and not (name == "weight" and value == 1.0):
                 args.append(f"{name}={value!r}")
+        if not self.verify:
+            args.append("verify=False")
         if self.headers:
             shown = {k: ("***" if _SECRET_HEADER.search(k) else v) for k, v in self.headers.items()}
             args.append(f"headers={shown!r}")
         return f"Endpoint({', '.join(args)})"
 
 
+def _check_tls(ep: Endpoint, where: str) -> None:
+    """TLS options: files that exist (PEM), ``verify`` a boolean (``"false"`` in a
+    spec string), and only on https URLs."""
+    if isinstance(ep.verify, str) and ep.verify.lower() in ("true", "false"):
+        object.__setattr__(ep, "verify", ep.verify.lower() == "true")
+    if not isinstance(ep.verify, bool):
+        msg = f"{where}: verify must be true or false, got {ep.verify!r}"
+        raise ConfigError(msg)
+    for name in ("ca_bundle", "client_cert", "client_key"):
+        value = getattr(ep, name)
+        if value is None:
+            continue
+        path = os.path.expanduser(str(value))
+        if not os.path.isfile(path):
+            msg = f"{where}: {name} {value!r} is not a file (a PEM file is expected)"
+            raise ConfigError(msg)
+        object.__setattr__(ep, name, path)
+    tls = ep.ca_bundle or ep.client_cert or ep.client_key or not ep.verify
+    if tls and not ep.url.startswith("https://"):
+        msg = f"{where}: ca_bundle, client_cert, client_key and verify need an https:// URL"
+        raise ConfigError(msg)
+    if ep.client_key and not ep.client_cert:
+        msg = f"{where}: client_key needs client_cert"
+        raise ConfigError(msg)
+
+
 EndpointLike = Endpoint | str | Mapping[str, Any]
 
 _ALIASES = {"key_env": "api_key_env", "concurrency": "max_concurrency"}
 _FIELDS = ("url", "model", "weight", "api_key_env", "headers", "rps", "rpm", "tpm",
-           "max_concurrency", "timeout", "price_in", "price_out")
+           "max_concurrency", "timeout", "price_in", "price_out", "ca_bundle", "client_cert",
+           "client_key", "verify")
 _NUMBERS = ("weight", "rps", "rpm", "tpm", "timeout", "concurrency", "max_concurrency",
             "price_in", "price_out")
 
@@ -256,7 +301,8 @@ def _number(text: str, key: str, where: str) -> float:
 
 def parse_endpoint_spec(spec: str) -> Endpoint:
     """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,tpm=N,
-    concurrency=N,timeout=S,price_in=USD,price_out=USD`` (prices per 1M tokens).
+    concurrency=N,timeout=S,price_in=USD,price_out=USD`` (prices per 1M tokens), and for
+    https ``ca_bundle=PEM,client_cert=PEM,client_key=PEM,verify=false``.
 
     >>> parse_endpoint_spec("url=http://127.0.0.1:8000/v1,weight=3,concurrency=64")
     Endpoint('http://127.0.0.1:8000/v1', weight=3.0, max_concurrency=64)

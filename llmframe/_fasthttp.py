@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._tls import client_context, explain
 from ._transport import Response, Transport, TransportError
 
 __all__ = ["FastTransport"]
@@ -186,7 +187,7 @@ class FastTransport(Transport):
         https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if https else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
+        self._ssl = (ssl_context or client_context()) if https else None
         self._server_hostname = self._host if https else None
         default_port = self._port == (443 if https else 80)
         host = self._host if default_port else f"{self._host}:{self._port}"
@@ -220,6 +221,8 @@ class FastTransport(Transport):
                 _, conn = await self._loop.create_connection(
                     _Conn, addr, self._port, ssl=self._ssl,
                     server_hostname=self._server_hostname)
+            except ssl.SSLError as exc:  # a certificate problem: no other address fixes it
+                raise TransportError("tls", explain(exc, self._host)) from None
             except OSError as exc:
                 error = exc
                 continue

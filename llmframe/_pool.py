@@ -151,7 +151,8 @@ class EndpointPool:
         self.max_retry_after = config.max_retry_after
         for t in self.targets:
             t.transport = open_transport(t.url, t.headers, config.transport,
-                                         limit=config.concurrency)
+                                         limit=config.concurrency,
+                                         ssl_context=t.endpoint.ssl_context())
 
     @property
     def keys(self) -> list[str]:

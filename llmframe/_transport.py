@@ -3,7 +3,9 @@
 Every transport owns its resources (connection pool, session) and maps its own low-level
 exceptions to ``TransportError(kind)``, with ``kind`` one of:
 
-- ``connect``: the connection could not be made (refused, DNS, TLS verification);
+- ``connect``: the connection could not be made (refused, DNS);
+- ``tls``: the server's certificate failed verification (the message says why and what
+  to do; not worth retrying);
 - ``timeout``: the transport's own timeout fired;
 - ``protocol``: the server broke HTTP or closed the connection mid-response;
 - ``decode``: the body could not be decoded (a ``Content-Encoding`` that lies).
@@ -12,9 +14,9 @@ So the engine never catches aiohttp, OSError or zlib errors itself (the model is
 ``map_httpcore_exceptions``). Transports:
 
 - ``FastTransport`` (``_fasthttp``): a small HTTP/1.1 client on a raw ``asyncio.Protocol``;
-  the default for ``http://``.
+  the default for ``http://`` and ``https://`` (TLS from ``_tls.client_context``).
 - ``AiohttpTransport``: aiohttp's client, with a session of its own built only when an
-  endpoint uses it; the default for ``https://``.
+  endpoint asks for it (``transport="aiohttp"``).
 - ``MockTransport(handler)``: calls ``handler(body)``; for engine tests without sockets.
 
 All are created inside a run (they hold loop-bound objects) and closed at its end.
@@ -26,15 +28,17 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
+
+from ._tls import client_context, explain
 
 __all__ = ["AiohttpTransport", "MockTransport", "Response", "Transport", "TransportError",
            "open_transport"]
 
 Response = tuple[int, Mapping[str, str], bytes]
-Kind = Literal["connect", "timeout", "protocol", "decode"]
+Kind = Literal["connect", "tls", "timeout", "protocol", "decode"]
 
 
 class TransportError(Exception):
@@ -82,6 +86,8 @@ def map_aiohttp_errors() -> Iterator[None]:
     """aiohttp's and the socket's exceptions, as :class:`TransportError`."""
     try:
         yield
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise TransportError("tls", explain(exc.certificate_error, exc.host)) from None
     except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as exc:
         raise TransportError("connect", f"{type(exc).__name__}: {exc}") from None
     except aiohttp.ClientPayloadError as exc:
@@ -99,10 +105,13 @@ class AiohttpTransport(Transport):
 
     __slots__ = ("headers", "session", "url")
 
-    def __init__(self, url: str, headers: Mapping[str, str], *, limit: int = 256) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str], *, limit: int = 256,
+                 ssl_context: Any = None) -> None:
         self.url = url
         self.headers = dict(headers)
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
+        # our context, built now: SSL_CERT_FILE/DIR as they are at run time, ALPN http/1.1
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None,
+                                         ssl=ssl_context or client_context())
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
 
@@ -118,14 +127,15 @@ class AiohttpTransport(Transport):
 
 def open_transport(url: str, headers: Mapping[str, str],
                    kind: str | Callable[[str, Mapping[str, str]], Transport], *,
-                   limit: int = 256) -> Transport:
-    """The transport for ``url``: ``kind`` is ``auto`` (fast for http://, aiohttp for
-    https://), ``fast``, ``aiohttp``, or a function ``(url, headers) -> Transport``."""
+                   limit: int = 256, ssl_context: Any = None) -> Transport:
+    """The transport for ``url``: ``kind`` is ``auto`` or ``fast`` (the fast HTTP/1.1
+    client, http:// and https://), ``aiohttp``, or a function ``(url, headers) ->
+    Transport``."""
     from ._fasthttp import FastTransport
 
     if callable(kind):
         return kind(url, headers)
-    if kind == "fast" or (kind == "auto" and url.startswith("http://")):
-        return FastTransport(url, headers)
-    return AiohttpTransport(url, headers, limit=limit)
+    if kind in ("auto", "fast"):
+        return FastTransport(url, headers, ssl_context=ssl_context)
+    return AiohttpTransport(url, headers, limit=limit, ssl_context=ssl_context)
 

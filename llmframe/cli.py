@@ -56,14 +56,16 @@ def cli() -> None:
 @click.option("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="SPEC",
               help="Endpoint URL, or key=value pairs joined by commas, e.g. "
                    "url=URL,weight=3,tpm=30000. Keys: url weight model key_env rps rpm tpm "
-                   "concurrency timeout price_in price_out (USD per 1M tokens). rpm/tpm not "
-                   "set are learned from the provider's rate-limit headers. Repeatable.")
+                   "concurrency timeout price_in price_out (USD per 1M tokens); for https "
+                   "ca_bundle client_cert client_key (PEM files) verify (false: no TLS check, "
+                   "loudly). rpm/tpm not set are learned from the provider's rate-limit "
+                   "headers. Repeatable.")
 @click.option("--request_url", "request_urls", multiple=True, hidden=True,
               help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
               help="TOML file with a list of [[endpoints]] tables (url, weight, model, "
                    "api_key_env, rps, rpm, tpm, max_concurrency, timeout, price_in, price_out, "
-                   "headers).")
+                   "headers, ca_bundle, client_cert, client_key, verify).")
 @click.option("--mock", type=click.IntRange(min=1, max=64), default=None, metavar="N",
               help="Start N local test endpoints (weights 1..N) in this process and use them.")
 @click.option("--mock-latency", default="0.02,0.2", metavar="S[,S2]", show_default=True,
