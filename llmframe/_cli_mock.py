@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import sys
 
 import click
@@ -72,14 +73,19 @@ def start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
               help="response_format forms accepted: json_object alone acts like llama.cpp's "
                    "server (500 for json_schema), json_schema alone like a strict OpenAI-like "
                    "one (400 for json_object); '' refuses both; 'ignore' ignores the field.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PEM", help="Serve https with this certificate chain (PEM; with "
+              "--tls-key, or the key in the same file).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PEM", help="The private key of --tls-cert.")
 @click.option("--seed", type=int, default=0)
 @click.option("--require-key", envvar="LLMFRAME_MOCK_KEY", default=None,
               help="Answer 401 unless this bearer key is sent (env LLMFRAME_MOCK_KEY).")
 def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
                first_fault: str | None, retry_after: float, rpm: float | None,
                tpm: float | None, window: float, ratelimit_headers: str | None,
-               quota: int | None, response_formats: str, seed: int,
-               require_key: str | None) -> None:
+               quota: int | None, response_formats: str, tls_cert: str | None,
+               tls_key: str | None, seed: int, require_key: str | None) -> None:
     """Serve a local OpenAI-compatible test endpoint until interrupted.
 
     Answers are "echo: <prompt>" with usage; /v1/models and /v1/_stats (counters) are
@@ -106,11 +112,21 @@ def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
                                             else response_formats))
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
+    context = None
+    if tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(tls_cert, tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageProblem(f"--tls-cert/--tls-key: cannot load them ({exc})") from None
+    elif tls_key is not None:
+        raise UsageProblem("--tls-key needs --tls-cert")
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(serve(state, host, port))
+    server = loop.run_until_complete(serve(state, host, port, ssl_context=context))
     actual = server.sockets[0].getsockname()[1]
-    click.echo(f"llmframe mock endpoint listening on http://{host}:{actual}/v1", err=False)
+    scheme = "https" if context is not None else "http"
+    click.echo(f"llmframe mock endpoint listening on {scheme}://{host}:{actual}/v1", err=False)
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
         loop.add_signal_handler(signal.SIGTERM, loop.stop)

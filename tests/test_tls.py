@@ -113,3 +113,26 @@ def test_ca_bundle_client_cert_and_a_loud_verify_false(tmp_path, mock_server, ca
                       ({"url": srv.url, "verify": "maybe"}, "true or false")]:
         with pytest.raises(ConfigError, match=says):
             run_rows(["a"], [bad])
+
+
+def test_serve_mock_serves_https(tmp_path, ca):
+    import subprocess
+    import sys
+
+    cert = ca.issue_cert("127.0.0.1")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    proc = subprocess.Popen([sys.executable, "-m", "llmframe", "serve-mock", "--port", "0",
+                             "--tls-cert", str(pem)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert url.startswith("https://127.0.0.1:")
+        req = write_requests(tmp_path / "req.jsonl", [{"input": "hi"}])
+        done = run_cli("run", req, "-e", f"url={url},ca_bundle={ca_file}")
+        assert done.returncode == 0, done.stderr
+        assert read_jsonl(tmp_path / "req.save.jsonl")[0]["response"] == "echo: hi"
+    finally:
+        proc.terminate()
+        proc.wait(10)
