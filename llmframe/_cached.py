@@ -6,7 +6,7 @@ never on the event loop). Hits become results at once — free: no request, no r
 or budget spent — marked ``cached``. Misses become jobs the dispatcher takes with
 :meth:`CachedFeed.pop`; the feed keeps at most two chunks of them ready.
 
-The key (:func:`request_key`) is a hash of the canonical request: the API kind, the model,
+The key (:class:`RequestKeys`) is a hash of the canonical request: the API kind, the model,
 the body (messages or prompt with the system prompt, every parameter: temperature,
 max_tokens, seed, ...) with its keys sorted, and the schema. Not the endpoint URL or key:
 balanced endpoints share answers.
@@ -29,9 +29,10 @@ from ._attempt import Job
 from ._cache import CacheClient, cache_key
 from ._config import RunConfig
 from ._dispatch import Bell, job_of
+from ._protocols import Prepared
 from ._results import Result, Row, RunStats
 
-__all__ = ["CHUNK", "CacheLink", "CachedFeed", "canonical", "key_params", "request_key"]
+__all__ = ["CHUNK", "CacheLink", "CachedFeed", "RequestKeys", "canonical"]
 
 CHUNK = 512
 _SORTED = orjson.OPT_SORT_KEYS
@@ -53,41 +54,49 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def key_params(config: RunConfig) -> dict[str, Any] | None:
-    """The run's parameters for :func:`request_key`: :func:`canonical`, or None when they
-    already are (or the API is raw: a raw row is its own body)."""
-    params = canonical(dict(config.params))
-    if config.api == "raw" or orjson.dumps(params, option=_SORTED) == orjson.dumps(
-            config.params, option=_SORTED):
-        return None
-    return params
+class RequestKeys:
+    """``keys(prepared)``: the cache key of one request of a run. What is the same for
+    every row is worked out once: the API kind, the model(s) the endpoints send (a row
+    that names its own model has it in its body), the schema's key, and the run's
+    parameters made :func:`canonical` (None when they already are, or for a raw row: it is
+    its own body). The feed and the dry run use the same keys.
 
-
-def request_key(job: Job, api: str, models: bytes, schema: bytes,
-                params: dict[str, Any] | None = None) -> bytes:
-    """The cache key of ``job``'s request. ``models``: the model(s) the endpoints send
-    (a row that names its own model has it in its body); ``schema``: the schema's key;
-    ``params``: the run's parameters made :func:`canonical` (None when they already are).
-
+    >>> import dataclasses
     >>> from llmframe._protocols import prepare
-    >>> a = Job(0, {}, prepare({"input": "hi"}, "chat", system=None, params={"seed": 1}))
-    >>> b = Job(1, {}, prepare({"input": "hi"}, "chat", system=None, params={"seed": 2}))
-    >>> request_key(a, "chat", b"m", b"") == request_key(a, "chat", b"m", b"")
-    True
-    >>> request_key(a, "chat", b"m", b"") == request_key(b, "chat", b"m", b"")
+    >>> config = RunConfig(["http://127.0.0.1:9/v1"], params={"seed": 1})
+    >>> keys = RequestKeys(config)
+    >>> hi = prepare({"input": "hi"}, "chat", system=None, params={"seed": 1})
+    >>> keys(hi) == keys(hi), keys(hi) == RequestKeys(config)(hi)
+    (True, True)
+    >>> other = dataclasses.replace(config, params={"seed": 2})
+    >>> keys(hi) == RequestKeys(other)(
+    ...     prepare({"input": "hi"}, "chat", system=None, params={"seed": 2}))
     False
     """
-    prepared = job.prepared
-    body = prepared.body if params is None else {**prepared.body, **params}
-    return cache_key(api.encode(), b"" if prepared.has_model else models,
-                     orjson.dumps(body, option=_SORTED), schema)
+
+    __slots__ = ("api", "models", "params", "schema")
+
+    def __init__(self, config: RunConfig) -> None:
+        self.api = config.api.encode()
+        self.models = "\x00".join(sorted({ep.model or config.model or ""
+                                           for ep in config.endpoints})).encode()
+        self.schema = config.schema.key() if config.schema is not None else b""
+        params = canonical(dict(config.params))
+        same = orjson.dumps(params, option=_SORTED) == orjson.dumps(config.params,
+                                                                   option=_SORTED)
+        self.params = None if config.api == "raw" or same else params
+
+    def __call__(self, prepared: Prepared) -> bytes:
+        body = prepared.body if self.params is None else {**prepared.body, **self.params}
+        return cache_key(self.api, b"" if prepared.has_model else self.models,
+                         orjson.dumps(body, option=_SORTED), self.schema)
 
 
 class CachedFeed:
     """The rows as jobs for the dispatcher, cache hits answered on the way."""
 
     def __init__(self, rows: Iterable[Row], config: RunConfig, cache: Any,
-                 emit: Callable[[Result], None], stats: RunStats, models: Iterable[str | None],
+                 emit: Callable[[Result], None], stats: RunStats,
                  label: Callable[[int], str] | None = None) -> None:
         self.rows: Iterator[Row] | None = iter(rows)
         self.config = config
@@ -95,9 +104,7 @@ class CachedFeed:
         self.emit = emit
         self.stats = stats
         self.label = label
-        self.models = "\x00".join(sorted({m or "" for m in models})).encode()
-        self.schema_key = config.schema.key() if config.schema is not None else b""
-        self.params = key_params(config)
+        self.keys = RequestKeys(config)
         self.ready: deque[Job] = deque()
         # duplicates within the run: one request per key; the others wait for its answer
         self.leaders: dict[int, bytes] = {}  # index of the row sent -> its key
@@ -152,14 +159,14 @@ class CachedFeed:
             self.wake()
 
     async def _chunk(self, chunk: list[Row]) -> None:
-        config, api = self.config, self.config.api
+        config = self.config
         jobs: list[Job] = []
         for row in chunk:
             job = job_of(row, config, self.label)
             if isinstance(job, Result):  # a row that cannot be sent: its error now
                 self.emit(job)
                 continue
-            job.key = request_key(job, api, self.models, self.schema_key, self.params)
+            job.key = self.keys(job.prepared)
             jobs.append(job)
         self.looking = len(jobs)
         found = await self._lookup([job.key for job in jobs])  # type: ignore[misc]

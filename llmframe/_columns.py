@@ -10,19 +10,14 @@ error — the column, and the rows paid for, are kept.
 
 from __future__ import annotations
 
-import decimal
 from typing import Any
 
 import orjson
 import polars as pl
 
+from ._json import json_default
+
 __all__ = ["struct_column"]
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return orjson.Fragment(str(value))
-    raise TypeError
 
 
 def _has_array(dtype: Any) -> bool:
@@ -38,7 +33,7 @@ def _has_array(dtype: Any) -> bool:
 def _build(name: str, values: list[Any], dtype: pl.Struct) -> pl.Series:
     if _has_array(dtype):
         return pl.Series(name, values, dtype=dtype)
-    texts = [None if v is None else orjson.dumps(v, default=_default).decode()
+    texts = [None if v is None else orjson.dumps(v, default=json_default).decode()
              for v in values]
     return pl.Series(name, texts, dtype=pl.String).str.json_decode(dtype)
 

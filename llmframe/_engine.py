@@ -126,7 +126,7 @@ class _Run:
         feed = (PlainRows(self.rows, self.config, self.stats, self.emit, self.label)
                 if self.cache is None else
                 CachedFeed(self.rows, self.config, self.cache.client, self.emit, self.stats,
-                           [t.model for t in self.pool.targets], self.label))
+                           self.label))
         self.dispatcher = Dispatcher(feed, self.config, self.pool, self.stats,
                                      self.attempts.launch, self.emit)
         self.settle = feed.settle if isinstance(feed, CachedFeed) else None

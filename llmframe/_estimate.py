@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._attempt import Job
-from ._cached import CHUNK, key_params, request_key
+from ._cached import CHUNK, RequestKeys
 from ._config import EndpointLike, RunConfig, run_config
 from ._jsonl import iter_rows
 from ._meter import Meter
@@ -161,7 +160,7 @@ def estimate_rows(rows: Iterable[Row], config: RunConfig, label: Any = None) -> 
                 if len(est.reasons) < _SHOW_INVALID:
                     est.reasons.append(reason)
                 continue
-            count(hits.misses(index, payload, prepared))
+            count(hits.misses(prepared))
         count(hits.rest())
         est.cached = hits.found
     _split(est, config)
@@ -170,12 +169,13 @@ def estimate_rows(rows: Iterable[Row], config: RunConfig, label: Any = None) -> 
 
 class _Hits:
     """With a response cache: which rows it already answers (read only; looked up 512 at
-    a time). ``misses`` takes each row and gives back the bodies of rows to send."""
+    a time, with the run's own keys). ``misses`` takes each row and gives back the bodies
+    of rows to send."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.cache: Any = None
-        self.held: list[Job] = []
+        self.held: list[tuple[bytes, dict[str, Any]]] = []
         self.found = 0
 
     def __enter__(self) -> _Hits:
@@ -184,26 +184,20 @@ class _Hits:
             from ._cache import ResponseCache
 
             self.cache = ResponseCache(path, readonly=True)  # type: ignore[arg-type]
-            config = self.config
-            self.models = "\x00".join(sorted({ep.model or config.model or ""
-                                               for ep in config.endpoints})).encode()
-            self.schema = config.schema.key() if config.schema is not None else b""
-            self.params = key_params(config)
+            self.keys = RequestKeys(self.config)
         return self
 
-    def misses(self, index: int, payload: Any, prepared: Prepared) -> list[dict[str, Any]]:
+    def misses(self, prepared: Prepared) -> list[dict[str, Any]]:
         if self.cache is None:
             return [prepared.body]
-        job = Job(index, payload, prepared)
-        job.key = request_key(job, self.config.api, self.models, self.schema, self.params)
-        self.held.append(job)
+        self.held.append((self.keys(prepared), prepared.body))
         return self._lookup() if len(self.held) >= CHUNK else []
 
     def _lookup(self) -> list[dict[str, Any]]:
         held, self.held = self.held, []
-        found = self.cache.get_many([job.key for job in held])
-        self.found += sum(job.key in found for job in held)
-        return [job.prepared.body for job in held if job.key not in found]
+        found = self.cache.get_many([key for key, _ in held])
+        self.found += sum(key in found for key, _ in held)
+        return [body for key, body in held if key not in found]
 
     def __exit__(self, *exc: object) -> None:
         if self.cache is not None:

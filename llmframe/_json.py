@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "json_default", "loads"]
 
 _LONG_DIGITS = re.compile(rb"\d{19,}")
 
@@ -32,7 +32,7 @@ def loads(data: bytes) -> Any:
     return value
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """What orjson cannot write itself: a Decimal (a schema's pl.Decimal field), exactly."""
     if isinstance(value, decimal.Decimal):
         return orjson.Fragment(str(value))
@@ -49,7 +49,7 @@ def dumps(value: Any, *, newline: bool = False) -> bytes:
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE if newline else 0,
-                            default=_default)
+                            default=json_default)
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
