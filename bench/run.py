@@ -6,8 +6,11 @@
 Starts its own local mock endpoints (``llmframe serve-mock``, separate processes), runs each
 client as a subprocess, and prints one table: requests/s by the endpoint's own clock,
 client CPU per request, client peak RSS, and the endpoint's CPU per request (reported
-separately: it shares this machine). Writes ``bench/out/results.json`` and a plot of
-throughput over time for the 1 s-latency case, ``bench/out/throughput_1s.png``.
+separately: it shares this machine). https rows run the same endpoint behind TLS
+(``serve-mock --tls-cert``, a trustme certificate; the clients trust it by
+``SSL_CERT_FILE``), and the TLS handshake's cost is measured on its own. Writes
+``bench/out/results.json`` and a plot of throughput over time for the 1 s-latency case,
+``bench/out/throughput_1s.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import platform
 import re
+import ssl
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cached import cached_runs
+from tls import certificates, handshake_cost
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -51,12 +56,13 @@ class Figures:
 class Endpoint:
     """A ``llmframe serve-mock`` process."""
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, tls: Path | None = None) -> None:
+        extra = ["--tls-cert", str(tls)] if tls else []
         self.proc = subprocess.Popen(
-            [PY, "-m", "llmframe", "serve-mock", "--port", "0", "--latency", str(latency)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            [PY, "-m", "llmframe", "serve-mock", "--port", "0", "--latency", str(latency),
+             *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
-        found = re.search(r"(http://\S+)", line)
+        found = re.search(r"(https?://\S+)", line)
         if not found:
             self.stop()
             raise RuntimeError(f"mock endpoint did not start: {line!r}")
@@ -67,7 +73,8 @@ class Endpoint:
         return (int(fields[11]) + int(fields[12])) / TICK
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
+        context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
+        with urllib.request.urlopen(self.url + "/_stats", timeout=10, context=context) as resp:
             return json.loads(resp.read())
 
     def stop(self) -> None:
@@ -121,8 +128,8 @@ def steady(per_second: list[int]) -> float:
 
 
 def measure(scenario: str, client: str, cmd: list[str], latency: float, n: int,
-            out: Path, timeout: float) -> Figures:
-    ep = Endpoint(latency)
+            out: Path, timeout: float, tls: Path | None = None) -> Figures:
+    ep = Endpoint(latency, tls)
     try:
         cmd = [c.replace("{url}", ep.url) for c in cmd]
         cpu0 = ep.cpu_seconds()
@@ -158,6 +165,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmframe-bench-"))
     results: list[Figures] = []
     timeout = 600
+    certs = certificates(tmp)  # https rows: serve-mock --tls-cert, clients trust its CA
+    if certs is None:
+        print("  trustme not installed (pip install -e '.[dev]'): no https rows",
+              file=sys.stderr)
+    else:
+        os.environ["SSL_CERT_FILE"] = str(certs[0])
+    tls = certs[1] if certs else None
 
     def llmframe_cmd(req: Path, out: Path, rps: float, conc: int, workers: int,
                      spec: str = "{url}") -> list[str]:
@@ -172,9 +186,13 @@ def main() -> None:
 
     # 1. latency 0: CPU per request, 256 in flight
     req0 = make_requests(tmp / "r0.jsonl", args.n0)
+    https0 = [] if tls is None else [
+        ("baseline aiohttp (https)", base_cmd(req0, tmp / "bh0.out", 0, 256)),
+        ("llmframe run (https)", llmframe_cmd(req0, tmp / "lh0.out", 1e6, 256, 1))]
     for client, cmd in [
         ("baseline aiohttp", base_cmd(req0, tmp / "b0.out", 0, 256)),
         ("llmframe run", llmframe_cmd(req0, tmp / "l0.out", 1e6, 256, 1)),
+        *https0,
         (f"llmframe run --workers {args.workers}",
          llmframe_cmd(req0, tmp / "w0.out", 1e6, 256, args.workers)),
         # token accounting on (estimate, buckets, settling), limits too high to bind
@@ -185,7 +203,8 @@ def main() -> None:
                                    "--schema", str(_schema_file(tmp))]),
     ]:
         out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
-        results.append(measure("latency 0", client, cmd, 0.0, args.n0, out, timeout))
+        results.append(measure("latency 0", client, cmd, 0.0, args.n0, out, timeout,
+                               tls if client.endswith("(https)") else None))
         print(f"  {results[-1].scenario:<12} {client:<28} done", file=sys.stderr)
 
     # 2. latency 1 s at the target rate, ~1.35 x rate in flight
@@ -197,9 +216,13 @@ def main() -> None:
         ("llmframe run", llmframe_cmd(req1, tmp / "l1.out", args.rate, conc, 1)),
         (f"llmframe run --workers {args.workers}",
          llmframe_cmd(req1, tmp / "w1.out", args.rate, conc, args.workers)),
+        *([] if tls is None else [(f"llmframe run --workers {args.workers} (https)",
+                                   llmframe_cmd(req1, tmp / "wh1.out", args.rate, conc,
+                                                args.workers))]),
     ]:
         out = Path(cmd[cmd.index("--save") + 1]) if "--save" in cmd else Path(cmd[3])
-        results.append(measure("latency 1 s", client, cmd, 1.0, n1, out, timeout))
+        results.append(measure("latency 1 s", client, cmd, 1.0, n1, out, timeout,
+                               tls if client.endswith("(https)") else None))
         print(f"  {results[-1].scenario:<12} {client:<28} done", file=sys.stderr)
 
     # 3. memory flat in file size (latency 0)
@@ -221,11 +244,15 @@ def main() -> None:
     finally:
         ep.stop()
 
+    # 6. the TLS handshake on its own: client CPU per new connection, http vs https
+    handshakes = None if certs is None else _handshakes(certs, 200 if args.quick else 2_000)
+
     _print_table(results, polars)
     _print_cached(cached)
+    _print_https(results, handshakes, args.rate, args.workers)
     (args.out / "results.json").write_text(json.dumps(
         {"machine": _machine(), "results": [asdict(r) for r in results], "polars": polars,
-         "cached": cached}, indent=1))
+         "cached": cached, "handshakes": handshakes}, indent=1))
     _plot([r for r in results if r.scenario == "latency 1 s"], args.out / "throughput_1s.png",
           args.rate)
     for f in tmp.iterdir():
@@ -241,6 +268,51 @@ def _schema_file(tmp: Path) -> Path:
         "confident": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
     }, "required": ["answer", "value", "confident", "tags"]}))
     return path
+
+
+def _handshakes(certs: tuple[Path, Path], n: int) -> dict[str, float]:
+    http, https = Endpoint(0.0), Endpoint(0.0, certs[1])
+    try:
+        return handshake_cost(http.url, https.url, certs[0], n)
+    finally:
+        http.stop()
+        https.stop()
+
+
+def ramp(per_second: list[int], rate: float) -> int | None:
+    """Seconds until the endpoint first served 90% of ``rate`` in one second.
+
+    >>> ramp([100, 5000, 9500, 10000], 10000), ramp([10], 10000)
+    (2, None)
+    """
+    return next((i for i, n in enumerate(per_second) if n >= 0.9 * rate), None)
+
+
+def _print_https(results: list[Figures], handshakes: dict[str, float] | None, rate: float,
+                 workers: int) -> None:
+    by = {(r.scenario, r.client): r for r in results}
+    http0, https0 = by.get(("latency 0", "llmframe run")), by.get(
+        ("latency 0", "llmframe run (https)"))
+    name = f"llmframe run --workers {workers}"
+    http1, https1 = by.get(("latency 1 s", name)), by.get(("latency 1 s", f"{name} (https)"))
+    if not (http0 and https0 and http1 and https1 and handshakes):
+        return
+    cpu = https0.client_cpu_us / http0.client_cpu_us
+    share = https1.steady_rps / http1.steady_rps if http1.steady_rps else 0.0
+    seconds = [ramp(r.per_second, rate) for r in (http1, https1)]
+    shown = ["never" if s is None else f"{s} s" for s in seconds]
+    connections = int(rate * 1.35)
+    print(f"\nhttps vs http (the same endpoint behind TLS, same run; targets from issue 12):"
+          f"\n  latency 0, client CPU: {https0.client_cpu_us:.1f} vs {http0.client_cpu_us:.1f}"
+          f" µs/req = {cpu:.2f}x (target <= 1.5x: {'met' if cpu <= 1.5 else 'NOT met'})"
+          f"\n  latency 1 s, {name}: steady {https1.steady_rps:,.0f} vs "
+          f"{http1.steady_rps:,.0f} req/s = {share:.0%} (targets >= 8,000 and >= 75%: "
+          f"{'met' if https1.steady_rps >= 8000 and share >= 0.75 else 'NOT met'})"
+          f"\n  ramp to 90% of {rate:,.0f}/s: {shown[1]} over https, {shown[0]} over http"
+          f"\n  handshake alone: {handshakes['handshake']:,.0f} µs of client CPU per new "
+          f"connection ({handshakes['https']:,.0f} vs {handshakes['http']:,.0f} µs with "
+          f"its request); ~{connections:,} connections at {rate:,.0f}/s and 1 s latency = "
+          f"~{connections * handshakes['handshake'] / 1e6:.1f} s of client CPU at the start")
 
 
 def _print_cached(cached: dict[str, dict[str, float]]) -> None:
@@ -279,13 +351,13 @@ def _machine() -> str:
 
 def _print_table(results: list[Figures], polars: dict[str, float]) -> None:
     print(f"\nllmframe benchmark — {_machine()} (clients and endpoint share these cores)\n")
-    head = (f"{'scenario':<16} {'client':<28} {'requests':>9} {'steady req/s':>12} "
+    head = (f"{'scenario':<16} {'client':<34} {'requests':>9} {'steady req/s':>12} "
             f"{'overall req/s':>13} {'client CPU µs/req':>17} {'peak RSS MB':>11} "
             f"{'endpoint CPU µs/req':>19}")
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r.scenario:<16} {r.client:<28} {r.requests:>9,} {r.steady_rps:>12,.0f} "
+        print(f"{r.scenario:<16} {r.client:<34} {r.requests:>9,} {r.steady_rps:>12,.0f} "
               f"{r.overall_rps:>13,.0f} {r.client_cpu_us:>17,.1f} {r.client_rss_mb:>11,.1f} "
               f"{r.server_cpu_us:>19,.1f}")
     by = {(r.scenario, r.client): r for r in results}

@@ -27,7 +27,7 @@ _BODY_EXCERPT = 300
 _MAYBE_BILLED = frozenset({"timeout", "invalid_response", "internal_error"})
 #: what each kind of transport failure is called in results
 _KINDS = {"connect": "connection_error", "protocol": "connection_error", "tls": "tls_error",
-          "timeout": "timeout", "decode": "invalid_response"}
+          "proxy": "proxy_error", "timeout": "timeout", "decode": "invalid_response"}
 
 
 class Job:
@@ -77,7 +77,8 @@ async def send(job: Job, target: Target, api: str, secrets: Secrets) -> Answer |
             target.observe(limits, job.tokens, asyncio.get_running_loop().time())
     except TransportError as exc:
         return AttemptError(_KINDS[exc.kind], secrets.redact(str(exc)) or exc.kind,
-                            retryable=exc.kind != "tls")  # a bad certificate stays bad
+                            # a bad certificate, a proxy's refusal: they stay so
+                            retryable=exc.kind not in ("tls", "proxy"))
     except asyncio.CancelledError:
         if not job.timed_out:
             raise

@@ -39,7 +39,7 @@ def start_mocks(stack: contextlib.ExitStack, n: int, latency: str, faults: str,
     out = []
     for i, srv in enumerate(servers):
         labels[srv.url] = "(local test endpoint)"
-        out.append(Endpoint(srv.url, weight=i + 1))
+        out.append(Endpoint(srv.url, weight=i + 1, proxy=False))  # in this process
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ._endpoint import Endpoint, EndpointLike, coerce_endpoints, parse_endpoint_spec, positive
 from ._exceptions import ConfigError
+from ._proxy import check_proxy
 
 __all__ = [
     "API", "Endpoint", "EndpointLike", "RunConfig", "coerce_endpoints", "parse_endpoint_spec",
@@ -49,6 +50,10 @@ class RunConfig:
     ``cache``: ``True`` (the user's cache directory), a path, or ``False``; unset, the
     environment variable ``LLMFRAME_CACHE`` decides (``1`` or a path; off when unset).
     ``cache_truncated``: also cache answers cut by ``max_tokens`` (``finish_reason`` length).
+    ``proxy``: unset, ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` decide
+    (read when the run starts); a URL (``http://[USER:PASSWORD@]HOST:PORT``) sends every
+    endpoint through that proxy; ``False`` connects directly. An endpoint's own ``proxy``
+    wins.
 
     >>> RunConfig(["http://127.0.0.1:8000/v1"], rps=100).rps
     100
@@ -75,6 +80,7 @@ class RunConfig:
     schema: Any = None
     cache: bool | str | os.PathLike[str] | None = None
     cache_truncated: bool = False
+    proxy: str | bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))
@@ -103,6 +109,7 @@ class RunConfig:
         if not callable(self.transport) and self.transport not in ("auto", "fast", "aiohttp"):
             msg = f"run: transport must be auto, fast or aiohttp, got {self.transport!r}"
             raise ConfigError(msg)
+        object.__setattr__(self, "proxy", check_proxy(self.proxy, "run: proxy"))
         if self.params is None:
             object.__setattr__(self, "params", {})
         if not isinstance(self.params, Mapping):

@@ -16,10 +16,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigError
+from ._proxy import Proxy, check_proxy, resolve, shown_proxy
 from ._secrets import looks_like_a_key as _looks_like_a_key
 from ._secrets import redact_url
 
-__all__ = ["Endpoint", "EndpointLike", "coerce_endpoints", "parse_endpoint_spec", "positive"]
+__all__ = ["Endpoint", "EndpointLike", "coerce_endpoints", "parse_endpoint_spec", "positive",
+           "proxy_of"]
 
 _API_PATHS = {
     "chat": "/chat/completions", "completions": "/completions", "raw": "/chat/completions",
@@ -79,6 +81,7 @@ class Endpoint:
     client_cert: str | None = None
     client_key: str | None = None
     verify: bool = True
+    proxy: str | bool | None = None
 
     def __post_init__(self) -> None:
         where = f"endpoint {redact_url(str(self.url))!r}"
@@ -104,6 +107,7 @@ class Endpoint:
             msg = f"{where}: give price_in and price_out together (USD per 1M tokens)"
             raise ConfigError(msg)
         _check_tls(self, where)
+        object.__setattr__(self, "proxy", check_proxy(self.proxy, f"{where}: proxy"))
         if self.max_concurrency is not None:
             positive("max_concurrency", self.max_concurrency, where, integer=True)
         if self.timeout is not None:
@@ -203,10 +207,20 @@ class Endpoint:
                 args.append(f"{name}={value!r}")
         if not self.verify:
             args.append("verify=False")
+        if self.proxy is not None:
+            args.append(f"proxy={shown_proxy(self.proxy)!r}")
         if self.headers:
             shown = {k: ("***" if _SECRET_HEADER.search(k) else v) for k, v in self.headers.items()}
             args.append(f"headers={shown!r}")
         return f"Endpoint({', '.join(args)})"
+
+
+def proxy_of(ep: Endpoint, url: str, run_proxy: str | bool | None) -> Proxy | None:
+    """The proxy requests to ``url`` go through (the environment is read now): the
+    endpoint's ``proxy``, else the run's, else HTTPS_PROXY/HTTP_PROXY/NO_PROXY."""
+    own = ep.proxy is not None
+    where = f"endpoint {ep.name!r}: proxy" if own else "proxy (--proxy / proxy=)"
+    return resolve(url, ep.proxy if own else run_proxy, os.environ, where)
 
 
 def _check_tls(ep: Endpoint, where: str) -> None:
@@ -240,7 +254,7 @@ EndpointLike = Endpoint | str | Mapping[str, Any]
 _ALIASES = {"key_env": "api_key_env", "concurrency": "max_concurrency"}
 _FIELDS = ("url", "model", "weight", "api_key_env", "headers", "rps", "rpm", "tpm",
            "max_concurrency", "timeout", "price_in", "price_out", "ca_bundle", "client_cert",
-           "client_key", "verify")
+           "client_key", "verify", "proxy")
 _NUMBERS = ("weight", "rps", "rpm", "tpm", "timeout", "concurrency", "max_concurrency",
             "price_in", "price_out")
 
@@ -302,7 +316,8 @@ def _number(text: str, key: str, where: str) -> float:
 def parse_endpoint_spec(spec: str) -> Endpoint:
     """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,tpm=N,
     concurrency=N,timeout=S,price_in=USD,price_out=USD`` (prices per 1M tokens), and for
-    https ``ca_bundle=PEM,client_cert=PEM,client_key=PEM,verify=false``.
+    https ``ca_bundle=PEM,client_cert=PEM,client_key=PEM,verify=false``; ``proxy=URL`` (or
+    ``proxy=none``: direct, whatever HTTPS_PROXY says).
 
     >>> parse_endpoint_spec("url=http://127.0.0.1:8000/v1,weight=3,concurrency=64")
     Endpoint('http://127.0.0.1:8000/v1', weight=3.0, max_concurrency=64)

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._proxy import Proxy
 from ._tls import client_context, explain
-from ._transport import Response, Transport, TransportError
+from ._transport import Response, Transport, TransportError, proxy_refused
 
 __all__ = ["FastTransport"]
 
@@ -160,6 +161,51 @@ class _Conn(asyncio.Protocol):
         waiter.set_result((self.status, head, body, keep))
 
 
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to ``CONNECT``: ``reply`` gets ``(status, reason)``."""
+
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[tuple[int, str]] = (
+            asyncio.get_running_loop().create_future())
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if self.reply.done() or (end < 0 and len(self.buf) < 1 << 16):
+            return
+        line = bytes(self.buf[:self.buf.find(b"\r\n")]).decode("latin-1")
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version.startswith("HTTP/1.") and code.isdigit():
+            self.reply.set_result((int(code), reason.strip()))
+        else:
+            self.reply.set_exception(TransportError(
+                "protocol", f"the proxy answered CONNECT with {line[:60]!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(TransportError(
+                "connect", "the proxy closed the connection before answering CONNECT"))
+
+
+def _connect_request(authority: str, proxy: Proxy) -> bytes:
+    """``CONNECT host:port``, with the proxy's credentials if it has some.
+
+    >>> from llmframe._proxy import parse_proxy
+    >>> proxy = parse_proxy("http://u:p@proxy:3128", "x")
+    >>> for line in _connect_request("api.example.com:443", proxy).split(b"\\r\\n")[:3]:
+    ...     print(line.decode())
+    CONNECT api.example.com:443 HTTP/1.1
+    Host: api.example.com:443
+    Proxy-Authorization: Basic dTpw
+    """
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if proxy.auth:
+        lines.append(f"Proxy-Authorization: {proxy.auth}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 class FastTransport(Transport):
     """HTTP/1.1 POSTs to one URL over a pool of keep-alive connections.
 
@@ -177,12 +223,14 @@ class FastTransport(Transport):
         "_idle",
         "_loop",
         "_port",
+        "_proxy",
         "_server_hostname",
         "_ssl",
+        "_tunnel",
     )
 
     def __init__(self, url: str, headers: Mapping[str, str], *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, proxy: Proxy | None = None) -> None:
         parts = urlsplit(url)
         https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -194,8 +242,17 @@ class FastTransport(Transport):
         if ":" in self._host:  # IPv6 literal
             host = f"[{self._host}]" if default_port else f"[{self._host}]:{self._port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._proxy = proxy
+        self._tunnel = b""  # the CONNECT request, for https through a proxy
+        lines = []
+        if proxy is not None and https:
+            self._tunnel = _connect_request(host if not default_port else f"{host}:443",
+                                            proxy)
+        elif proxy is not None:  # http through a proxy: absolute-form, credentials to it
+            target = f"http://{host}{target}"
+            lines = [f"Proxy-Authorization: {proxy.auth}"] if proxy.auth else []
         lines = [f"POST {target} HTTP/1.1", f"Host: {host}", "Accept: application/json",
-                 "Accept-Encoding: gzip, identity", "Connection: keep-alive"]
+                 "Accept-Encoding: gzip, identity", "Connection: keep-alive", *lines]
         lines += [f"{k}: {v}" for k, v in headers.items()
                   if k.lower() not in ("host", "content-length", "connection")]
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
@@ -205,22 +262,27 @@ class FastTransport(Transport):
         self._addrs: list[str] = []
 
     async def _connect(self) -> _Conn:
-        # Resolve the host once per run (not once per connection: a 1 s-latency run opens
-        # ~10,000), and remember which address answered ("localhost" may list ::1 first
-        # while the server only listens on 127.0.0.1).
+        # Resolve the host (the proxy's, with one) once per run, not once per connection:
+        # a 1 s-latency run opens ~10,000; and remember which address answered
+        # ("localhost" may list ::1 first while the server only listens on 127.0.0.1).
+        proxy = self._proxy
+        host, port = (proxy.host, proxy.port) if proxy else (self._host, self._port)
+        via = f"proxy {proxy}" if proxy else host
         if not self._addrs:
             try:
-                infos = await self._loop.getaddrinfo(self._host, self._port,
-                                                     type=socket.SOCK_STREAM)
+                infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise TransportError("connect", f"cannot resolve {self._host}: {exc}") from None
+                raise TransportError("connect", f"cannot resolve {via}: {exc}") from None
             self._addrs = list(dict.fromkeys(info[4][0] for info in infos))
         error: OSError | None = None
         for addr in list(self._addrs):
             try:
-                _, conn = await self._loop.create_connection(
-                    _Conn, addr, self._port, ssl=self._ssl,
-                    server_hostname=self._server_hostname)
+                if self._tunnel:
+                    conn = await self._open_tunnel(addr, port)
+                else:
+                    _, conn = await self._loop.create_connection(
+                        _Conn, addr, port, ssl=self._ssl,
+                        server_hostname=self._server_hostname)
             except ssl.SSLError as exc:  # a certificate problem: no other address fixes it
                 raise TransportError("tls", explain(exc, self._host)) from None
             except OSError as exc:
@@ -232,7 +294,27 @@ class FastTransport(Transport):
             self._all.add(conn)
             return conn
         assert error is not None
-        raise TransportError("connect", f"{type(error).__name__}: {error}")
+        prefix = f"cannot connect to proxy {proxy}: " if proxy else ""
+        raise TransportError("connect", f"{prefix}{type(error).__name__}: {error}")
+
+    async def _open_tunnel(self, addr: str, port: int) -> _Conn:
+        """A TLS connection to the endpoint through the proxy at ``addr``: ``CONNECT``,
+        then the handshake inside the tunnel."""
+        raw, tunnel = await self._loop.create_connection(_Tunnel, addr, port)
+        try:
+            raw.write(self._tunnel)
+            status, reason = await tunnel.reply
+            if status != 200:
+                raise proxy_refused(self._proxy, status, reason,  # type: ignore[arg-type]
+                                    f"{self._host}:{self._port}")
+            conn = _Conn()
+            tls = await self._loop.start_tls(raw, conn, self._ssl,  # type: ignore[arg-type]
+                                             server_hostname=self._host)
+        except BaseException:
+            raw.abort()
+            raise
+        conn.connection_made(tls)  # type: ignore[arg-type]
+        return conn
 
     async def post(self, body: bytes) -> Response:
         data = b"".join((self._head, str(len(body)).encode(), b"\r\n\r\n", body))
@@ -266,6 +348,8 @@ class FastTransport(Transport):
                 idle.append(conn)
             else:
                 self._drop(conn)
+            if status == 407 and self._proxy is not None:
+                raise proxy_refused(self._proxy, status, "Proxy Authentication Required", "")
             return status, head, payload
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -18,6 +18,7 @@ from aiolimiter import AsyncLimiter
 
 from ._balancer import SmoothWeightedRoundRobin
 from ._config import Endpoint, RunConfig
+from ._endpoint import proxy_of
 from ._health import Health
 from ._pacer import TokenBucket
 from ._ratelimits import RateLimits
@@ -150,9 +151,12 @@ class EndpointPool:
         self.balancer = SmoothWeightedRoundRobin([ep.weight for ep in config.endpoints])
         self.max_retry_after = config.max_retry_after
         for t in self.targets:
+            proxy = proxy_of(t.endpoint, t.url, config.proxy)
+            t.stats.via = None if proxy is None else str(proxy)
             t.transport = open_transport(t.url, t.headers, config.transport,
                                          limit=config.concurrency,
-                                         ssl_context=t.endpoint.ssl_context())
+                                         ssl_context=t.endpoint.ssl_context(),
+                                         proxy=proxy)
 
     @property
     def keys(self) -> list[str]:

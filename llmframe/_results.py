@@ -63,6 +63,7 @@ class EndpointStats:
     completion_tokens: int = 0
     cost_usd: float | None = None
     note: str | None = None  # why the endpoint left the run, or what it learned
+    via: str | None = None  # the proxy its requests go through (shown without password)
     priced: bool = False
     latencies: list[float] = field(default_factory=list)
     _seen: int = 0

@@ -46,7 +46,8 @@ def endpoint_lines(stats: RunStats, weights: list[float]) -> list[EndpointLine]:
         lines.append(EndpointLine(
             ep.name, weight, ep.sent, ep.ok, ep.failed_attempts, ep.cooldowns, ep.throttled,
             None if p50 is None else p50 * 1000, None if p95 is None else p95 * 1000,
-            ep.prompt_tokens + ep.completion_tokens, ep.cost_usd, ep.note,
+            ep.prompt_tokens + ep.completion_tokens, ep.cost_usd,
+            " ".join(x for x in (ep.note, ep.via and f"(via proxy {ep.via})") if x) or None,
         ))
     return lines
 

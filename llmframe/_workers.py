@@ -70,7 +70,7 @@ def _snapshot(stats: RunStats, final: bool, failure: str | None = None) -> dict[
         "cached": stats.cached, "cache_path": stats.cache_path,
         "endpoints": [(e.sent, e.ok, e.failed_attempts, e.cooldowns, e.throttled,
                        e.latencies if final else None, e.prompt_tokens, e.completion_tokens,
-                       e.cost_usd, e.note) for e in stats.endpoints],
+                       e.cost_usd, e.note, e.via) for e in stats.endpoints],
     }
 
 
@@ -245,7 +245,7 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
     eps = [EndpointStats(ep.name, ep.weight, priced=ep.priced) for ep in config.endpoints]
     for snap in values:
         for ep, (sent, ok, failed, cooldowns, throttled, latencies, prompt, completion, cost,
-                 note) in zip(eps, snap["endpoints"], strict=False):
+                 note, via) in zip(eps, snap["endpoints"], strict=False):
             ep.sent += sent
             ep.ok += ok
             ep.failed_attempts += failed
@@ -256,6 +256,7 @@ def _combine(stats: RunStats, snaps: dict[int, dict[str, Any]], config: RunConfi
             if cost is not None:
                 ep.cost_usd = (ep.cost_usd or 0.0) + cost
             ep.note = ep.note or note
+            ep.via = ep.via or via
             if latencies:
                 ep.latencies.extend(latencies)
     stats.endpoints = eps

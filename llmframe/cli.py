@@ -38,6 +38,7 @@ from ._exceptions import (
     WorkerError,
 )
 from ._files import default_paths, run_file
+from ._proxy import check_proxy
 from ._summary import format_summary
 
 
@@ -58,14 +59,14 @@ def cli() -> None:
                    "url=URL,weight=3,tpm=30000. Keys: url weight model key_env rps rpm tpm "
                    "concurrency timeout price_in price_out (USD per 1M tokens); for https "
                    "ca_bundle client_cert client_key (PEM files) verify (false: no TLS check, "
-                   "loudly). rpm/tpm not set are learned from the provider's rate-limit "
-                   "headers. Repeatable.")
+                   "loudly); proxy (URL, or none). rpm/tpm not set are learned from the "
+                   "provider's rate-limit headers. Repeatable.")
 @click.option("--request_url", "request_urls", multiple=True, hidden=True,
               help="The original tool's flag: same as --endpoint URL.")
 @click.option("--endpoints-file", type=click.Path(path_type=Path),
               help="TOML file with a list of [[endpoints]] tables (url, weight, model, "
                    "api_key_env, rps, rpm, tpm, max_concurrency, timeout, price_in, price_out, "
-                   "headers, ca_bundle, client_cert, client_key, verify).")
+                   "headers, ca_bundle, client_cert, client_key, verify, proxy).")
 @click.option("--mock", type=click.IntRange(min=1, max=64), default=None, metavar="N",
               help="Start N local test endpoints (weights 1..N) in this process and use them.")
 @click.option("--mock-latency", default="0.02,0.2", metavar="S[,S2]", show_default=True,
@@ -129,6 +130,14 @@ def cli() -> None:
 @click.option("--grace", type=float, default=5.0,
               help="On Ctrl-C/SIGTERM: seconds to let in-flight requests finish before "
                    "cancelling them (a second Ctrl-C cancels at once).")
+@click.option("--proxy", default=None, metavar="URL",
+              help="HTTP proxy for every endpoint, http://[USER:PASSWORD@]HOST:PORT (https goes "
+                   "through it with CONNECT, encrypted end to end), instead of HTTPS_PROXY / "
+                   "HTTP_PROXY / ALL_PROXY / NO_PROXY, which are honoured by default. An "
+                   "endpoint's proxy=URL|none wins. Prefer HTTPS_PROXY for a password: "
+                   "command lines are visible to other users.")
+@click.option("--no-proxy", "no_proxy", is_flag=True,
+              help="Connect directly, ignoring HTTPS_PROXY / HTTP_PROXY / ALL_PROXY.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1,
               help="Processes to shard rows over (the rate and concurrency are split "
                    "between them exactly). Use 2+ only for thousands of requests/s.")
@@ -143,7 +152,8 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
         max_tokens: int | None, timeout: float, schema_file: Path | None, cache: str | None,
         no_cache: bool, cache_truncated: bool, resume: bool, retry_errors: bool,
-        overwrite: bool, grace: float, workers: int, progress: bool | None) -> None:
+        overwrite: bool, grace: float, proxy: str | None, no_proxy: bool, workers: int,
+        progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
     \b
@@ -208,6 +218,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                    "timeout": timeout, "api": api, "model": model, "system": system,
                    "params": body_params, "tpm": tpm, "budget": budget,
                    "output_tokens": output_tokens, "tokenizer": tokenizer,
+                   "proxy": _proxy_option(proxy, no_proxy),
                    **_output_options(schema_file, cache, no_cache, cache_truncated)}
         if dry_run:
             sys.exit(_dry_run(path, endpoints, options, save=save, errors=errors,
@@ -216,6 +227,17 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
                     workers=workers, progress=progress, grace=grace)
     sys.exit(code)
+
+
+def _proxy_option(proxy: str | None, no_proxy: bool) -> str | bool | None:
+    """--proxy / --no-proxy as the run's ``proxy`` (checked now: nothing is sent otherwise)."""
+    if proxy is not None and no_proxy:
+        msg = "give --proxy or --no-proxy, not both"
+        raise UsageProblem(msg)
+    try:
+        return False if no_proxy else check_proxy(proxy, "--proxy")
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _output_options(schema_file: Path | None, cache: str | None, no_cache: bool,

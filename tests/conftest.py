@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # the response cache: off unless a test turns it on, and never in the user's cache directory
 os.environ.pop("LLMFRAME_CACHE", None)
 os.environ["LLMFRAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmframe-test-cache-")
+# proxies are honoured by default: a machine's own (CI behind a proxy) must not carry the
+# suite's 127.0.0.1 traffic; tests/test_proxy.py sets them where it means to
+for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
 
 
 def run_rows(

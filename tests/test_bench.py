@@ -31,3 +31,8 @@ def test_bench_quick_runs_end_to_end(tmp_path):
     assert cached["polars cached"]["run_rows_s"] > 0
     assert "response cache" in proc.stdout and "structured output" in proc.stdout
     assert (tmp_path / "throughput_1s.png").stat().st_size > 1000
+    # https rows (trustme is a dev dependency), side by side with http, and the handshake
+    assert ("latency 0", "llmframe run (https)") in scenarios
+    assert ("latency 1 s", "llmframe run --workers 2 (https)") in scenarios
+    assert data["handshakes"]["https"] > data["handshakes"]["http"] > 0
+    assert "https vs http" in proc.stdout and "handshake alone" in proc.stdout
