@@ -302,17 +302,21 @@ def _print_https(results: list[Figures], handshakes: dict[str, float] | None, ra
     seconds = [ramp(r.per_second, rate) for r in (http1, https1)]
     shown = ["never" if s is None else f"{s} s" for s in seconds]
     connections = int(rate * 1.35)
+    full = rate >= 8000  # the issue's targets are for the full run (10,000/s)
+    verdict = ("met" if https1.steady_rps >= 8000 and share >= 0.75 else "NOT met") if full \
+        else f"not applicable at {rate:,.0f}/s"
     print(f"\nhttps vs http (the same endpoint behind TLS, same run; targets from issue 12):"
           f"\n  latency 0, client CPU: {https0.client_cpu_us:.1f} vs {http0.client_cpu_us:.1f}"
           f" µs/req = {cpu:.2f}x (target <= 1.5x: {'met' if cpu <= 1.5 else 'NOT met'})"
           f"\n  latency 1 s, {name}: steady {https1.steady_rps:,.0f} vs "
           f"{http1.steady_rps:,.0f} req/s = {share:.0%} (targets >= 8,000 and >= 75%: "
-          f"{'met' if https1.steady_rps >= 8000 and share >= 0.75 else 'NOT met'})"
+          f"{verdict})"
           f"\n  ramp to 90% of {rate:,.0f}/s: {shown[1]} over https, {shown[0]} over http"
-          f"\n  handshake alone: {handshakes['handshake']:,.0f} µs of client CPU per new "
-          f"connection ({handshakes['https']:,.0f} vs {handshakes['http']:,.0f} µs with "
-          f"its request); ~{connections:,} connections at {rate:,.0f}/s and 1 s latency = "
-          f"~{connections * handshakes['handshake'] / 1e6:.1f} s of client CPU at the start")
+          f"\n  handshake alone, client CPU per new connection (one after another): full "
+          f"{handshakes['handshake']:,.0f} µs, resuming an earlier TLS session "
+          f"{handshakes['handshake resumed']:,.0f} µs ({handshakes['https']:,.0f} / "
+          f"{handshakes['https resumed']:,.0f} vs {handshakes['http']:,.0f} µs over http, "
+          f"request included); ~{connections:,} connections at {rate:,.0f}/s and 1 s latency")
 
 
 def _print_cached(cached: dict[str, dict[str, float]]) -> None:

@@ -126,7 +126,8 @@ def serve_mock(host: str, port: int, latency: str, faults: tuple[str, ...],
     server = loop.run_until_complete(serve(state, host, port, ssl_context=context))
     actual = server.sockets[0].getsockname()[1]
     scheme = "https" if context is not None else "http"
-    click.echo(f"llmframe mock endpoint listening on {scheme}://{host}:{actual}/v1", err=False)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+    click.echo(f"llmframe mock endpoint listening on {scheme}://{shown}:{actual}/v1", err=False)
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
         loop.add_signal_handler(signal.SIGTERM, loop.stop)

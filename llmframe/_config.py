@@ -80,7 +80,7 @@ class RunConfig:
     schema: Any = None
     cache: bool | str | os.PathLike[str] | None = None
     cache_truncated: bool = False
-    proxy: str | bool | None = None
+    proxy: str | bool | None = field(default=None, repr=False)  # may hold a password
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(coerce_endpoints(self.endpoints)))

@@ -88,7 +88,8 @@ class Endpoint:
         if not isinstance(self.url, str):
             msg = f"endpoint url must be a string, got {self.url!r}"
             raise ConfigError(msg)
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.url)  # the scheme in lower case: HTTPS:// is https://
+        object.__setattr__(self, "url", parts.scheme + self.url[len(parts.scheme):])
         if parts.scheme not in ("http", "https") or not parts.hostname:
             msg = f"{where}: url must be an http:// or https:// URL with a host"
             raise ConfigError(msg)
@@ -313,6 +314,19 @@ def _number(text: str, key: str, where: str) -> float:
     return int(value) if key in ("max_concurrency", "concurrency") and value.is_integer() else value
 
 
+_PROXY_PASSWORD = re.compile(r"(proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*):[^@]*@")
+
+
+def _shown_spec(spec: str) -> str:
+    """A spec as it may be shown: no URL credentials, no proxy password (which may hold a
+    comma).
+
+    >>> _shown_spec("url=http://h/v1,proxy=http://bob:pa,ss@p:1,weight=x")
+    'url=http://h/v1,proxy=http://bob:***@p:1,weight=x'
+    """
+    return redact_url(_PROXY_PASSWORD.sub(r"\1:***@", spec))
+
+
 def parse_endpoint_spec(spec: str) -> Endpoint:
     """Parse ``URL`` or ``url=URL,weight=3,model=NAME,key_env=VAR,rps=N,rpm=N,tpm=N,
     concurrency=N,timeout=S,price_in=USD,price_out=USD`` (prices per 1M tokens), and for
@@ -325,13 +339,18 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
     spec = spec.strip()
     if spec.startswith(("http://", "https://")) or "=" not in spec:
         return Endpoint(spec)
-    where = f"endpoint spec {redact_url(spec)!r}"
+    where = f"endpoint spec {_shown_spec(spec)!r}"
     fields: dict[str, Any] = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or not key:
-            msg = f"{where}: expected key=value, got {part!r}"
+            msg = (f"{where}: a part with no key=value (a comma in a password: write it "
+                   "%2C)" if "@" in part else
+                   f"{where}: expected key=value, got {_shown_spec(part)!r}")
+            raise ConfigError(msg)
+        if _ALIASES.get(key, key) in {_ALIASES.get(k, k) for k in fields}:
+            msg = f"{where}: {key} is given twice"
             raise ConfigError(msg)
         if key in _NUMBERS:
             fields[key] = _number(value.strip(), key, where)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import zlib
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
+from ._conn import Conn
+from ._fasttls import TLSConn
 from ._proxy import Proxy
-from ._tls import client_context, explain
+from ._tls import client_context
 from ._transport import Response, Transport, TransportError, proxy_refused
 
 __all__ = ["FastTransport"]
@@ -25,149 +25,14 @@ __all__ = ["FastTransport"]
 _STALE_AFTER = 1.0  # seconds idle after which a dead pooled connection is unsurprising
 
 
-class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection: a single outstanding request at a time."""
-
-    __slots__ = ("buf", "chunk_pos", "chunks", "closed", "got_bytes", "head", "idle_since",
-                 "length", "status", "transport", "waiter")
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes, bool]] | None = None
-        self.buf = bytearray()
-        self.closed = False
-        self.idle_since = 0.0
-        self._reset()
-
-    def _reset(self) -> None:
-        self.got_bytes = False
-        self.status = 0
-        self.head: dict[str, str] | None = None
-        self.length = -1  # -1: until close, -2: chunked, else Content-Length
-        self.chunks: list[bytes] = []
-        self.chunk_pos = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def start(self, waiter: asyncio.Future[Any]) -> None:
-        self._reset()
-        self.buf.clear()
-        self.waiter = waiter
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if self.head is not None and self.length == -1:  # body delimited by close
-            self._finish(bytes(self.buf), keep=False)
-            return
-        waiter.set_exception(TransportError("protocol", (
-            "connection closed before the response was complete"
-            if self.got_bytes else "connection closed by the server without a response")))
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
-            self.transport.abort()  # type: ignore[union-attr] - bytes nobody asked for
-            return
-        self.got_bytes = True
-        self.buf += data
-        try:
-            self._parse()
-        except (ValueError, IndexError) as exc:
-            self.waiter.set_exception(
-                TransportError("protocol", f"malformed HTTP response: {exc}"))
-            self.transport.abort()  # type: ignore[union-attr]
-
-    def _parse(self) -> None:
-        buf = self.buf
-        while self.head is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > 1 << 16:
-                    msg = "response headers larger than 64 KiB"
-                    raise ValueError(msg)
-                return
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-            del buf[:end + 4]
-            version, status = lines[0].split(" ", 2)[:2]
-            if not version.startswith("HTTP/1."):
-                msg = f"unsupported status line {lines[0][:40]!r}"
-                raise ValueError(msg)
-            code = int(status)
-            if 100 <= code < 200:
-                continue  # interim response: the real one follows
-            head: dict[str, str] = {}
-            for line in lines[1:]:
-                key, _, value = line.partition(":")
-                head[key.strip().lower()] = value.strip()
-            self.status = code
-            self.head = head
-            if version == "HTTP/1.0" and head.get("connection", "").lower() != "keep-alive":
-                head["connection"] = "close"
-            if "chunked" in head.get("transfer-encoding", "").lower():
-                self.length = -2
-            elif "content-length" in head:
-                self.length = int(head["content-length"])
-            elif code in (204, 304):
-                self.length = 0
-        if self.length >= 0:
-            if len(buf) >= self.length:
-                body = bytes(buf[:self.length])
-                extra = len(buf) > self.length
-                del buf[:self.length]
-                self._finish(body, keep=not extra)
-        elif self.length == -2:
-            self._parse_chunks()
-
-    def _parse_chunks(self) -> None:
-        buf = self.buf
-        while True:
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                return
-            size = int(bytes(buf[:eol]).split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                end = buf.find(b"\r\n\r\n", eol)  # optional trailers, then a blank line
-                if end < 0 and buf[eol + 2:eol + 4] != b"\r\n":
-                    return
-                cut = end + 4 if end >= 0 else eol + 4
-                del buf[:cut]
-                self._finish(b"".join(self.chunks), keep=not buf)
-                return
-            if len(buf) < eol + 2 + size + 2:
-                return
-            self.chunks.append(bytes(buf[eol + 2:eol + 2 + size]))
-            del buf[:eol + 2 + size + 2]
-
-    def _finish(self, body: bytes, keep: bool) -> None:
-        head = self.head or {}
-        waiter, self.waiter = self.waiter, None
-        if waiter is None or waiter.done():
-            return
-        if head.get("content-encoding", "").lower() in ("gzip", "deflate"):
-            try:
-                body = zlib.decompress(body, 47)  # 47: accept gzip and zlib headers
-            except zlib.error as exc:
-                # called from data_received or connection_lost: raising here would escape
-                # into the loop and leave the request waiting for its timeout
-                waiter.set_exception(TransportError(
-                    "decode", f"the body says {head['content-encoding']} but is not ({exc})"))
-                if self.transport is not None:
-                    self.transport.abort()
-                return
-        keep = keep and head.get("connection", "").lower() != "close" and not self.closed
-        waiter.set_result((self.status, head, body, keep))
-
-
 class _Tunnel(asyncio.Protocol):
     """The proxy's answer to ``CONNECT``: ``reply`` gets ``(status, reason)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: Proxy) -> None:
         self.reply: asyncio.Future[tuple[int, str]] = (
             asyncio.get_running_loop().create_future())
         self.buf = bytearray()
+        self.proxy = proxy
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -181,12 +46,14 @@ class _Tunnel(asyncio.Protocol):
             self.reply.set_result((int(code), reason.strip()))
         else:
             self.reply.set_exception(TransportError(
-                "protocol", f"the proxy answered CONNECT with {line[:60]!r}"))
+                "protocol", f"proxy {self.proxy} is not an HTTP proxy: it answered CONNECT "
+                f"with {line[:60]!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.reply.done():
             self.reply.set_exception(TransportError(
-                "connect", "the proxy closed the connection before answering CONNECT"))
+                "connect", f"proxy {self.proxy} closed the connection before answering "
+                "CONNECT"))
 
 
 def _connect_request(authority: str, proxy: Proxy) -> bytes:
@@ -204,6 +71,31 @@ def _connect_request(authority: str, proxy: Proxy) -> bytes:
     if proxy.auth:
         lines.append(f"Proxy-Authorization: {proxy.auth}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _request_head(url: str, headers: Mapping[str, str],
+                  proxy: Proxy | None) -> tuple[bytes, bytes]:
+    """The head of every request to ``url`` up to its Content-Length value, and the
+    ``CONNECT`` request when it goes through ``proxy`` over https (else b"")."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    hostname, port = parts.hostname or "", parts.port or (443 if https else 80)
+    default_port = port == (443 if https else 80)
+    host = f"[{hostname}]" if ":" in hostname else hostname  # IPv6 literal
+    authority = f"{host}:{port}"
+    host = host if default_port else authority
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    tunnel, lines = b"", []
+    if proxy is not None and https:
+        tunnel = _connect_request(authority, proxy)
+    elif proxy is not None:  # http through a proxy: absolute-form, credentials to it
+        target = f"http://{host}{target}"
+        lines = [f"Proxy-Authorization: {proxy.auth}"] if proxy.auth else []
+    lines = [f"POST {target} HTTP/1.1", f"Host: {host}", "Accept: application/json",
+             "Accept-Encoding: gzip, identity", "Connection: keep-alive", *lines]
+    lines += [f"{k}: {v}" for k, v in headers.items()
+              if k.lower() not in ("host", "content-length", "connection")]
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1"), tunnel
 
 
 class FastTransport(Transport):
@@ -224,7 +116,7 @@ class FastTransport(Transport):
         "_loop",
         "_port",
         "_proxy",
-        "_server_hostname",
+        "_session",
         "_ssl",
         "_tunnel",
     )
@@ -236,32 +128,16 @@ class FastTransport(Transport):
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if https else 80)
         self._ssl = (ssl_context or client_context()) if https else None
-        self._server_hostname = self._host if https else None
-        default_port = self._port == (443 if https else 80)
-        host = self._host if default_port else f"{self._host}:{self._port}"
-        if ":" in self._host:  # IPv6 literal
-            host = f"[{self._host}]" if default_port else f"[{self._host}]:{self._port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._proxy = proxy
-        self._tunnel = b""  # the CONNECT request, for https through a proxy
-        lines = []
-        if proxy is not None and https:
-            self._tunnel = _connect_request(host if not default_port else f"{host}:443",
-                                            proxy)
-        elif proxy is not None:  # http through a proxy: absolute-form, credentials to it
-            target = f"http://{host}{target}"
-            lines = [f"Proxy-Authorization: {proxy.auth}"] if proxy.auth else []
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", "Accept: application/json",
-                 "Accept-Encoding: gzip, identity", "Connection: keep-alive", *lines]
-        lines += [f"{k}: {v}" for k, v in headers.items()
-                  if k.lower() not in ("host", "content-length", "connection")]
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-        self._idle: list[_Conn] = []
-        self._all: set[_Conn] = set()
+        # the request head up to Content-Length; the CONNECT request (https via a proxy)
+        self._head, self._tunnel = _request_head(url, headers, proxy)
+        self._idle: list[Conn] = []
+        self._all: set[Conn] = set()
         self._loop = asyncio.get_running_loop()
         self._addrs: list[str] = []
+        self._session: ssl.SSLSession | None = None  # the latest TLS session, to resume
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> Conn:
         # Resolve the host (the proxy's, with one) once per run, not once per connection:
         # a 1 s-latency run opens ~10,000; and remember which address answered
         # ("localhost" may list ::1 first while the server only listens on 127.0.0.1).
@@ -279,12 +155,11 @@ class FastTransport(Transport):
             try:
                 if self._tunnel:
                     conn = await self._open_tunnel(addr, port)
+                elif self._ssl is not None:
+                    _, conn = await self._loop.create_connection(self._tls_conn, addr, port)
+                    await self._handshake(conn)
                 else:
-                    _, conn = await self._loop.create_connection(
-                        _Conn, addr, port, ssl=self._ssl,
-                        server_hostname=self._server_hostname)
-            except ssl.SSLError as exc:  # a certificate problem: no other address fixes it
-                raise TransportError("tls", explain(exc, self._host)) from None
+                    _, conn = await self._loop.create_connection(Conn, addr, port)
             except OSError as exc:
                 error = exc
                 continue
@@ -297,23 +172,40 @@ class FastTransport(Transport):
         prefix = f"cannot connect to proxy {proxy}: " if proxy else ""
         raise TransportError("connect", f"{prefix}{type(error).__name__}: {error}")
 
-    async def _open_tunnel(self, addr: str, port: int) -> _Conn:
+    def _tls_conn(self) -> TLSConn:
+        return TLSConn(self._ssl, self._host, self._session)  # type: ignore[arg-type]
+
+    def _keep_session(self, conn: TLSConn) -> None:
+        """After a connection's first answer (TLS 1.3 tickets arrive after the handshake):
+        its session, for the next connections to resume."""
+        conn.fresh = False
+        self._session = conn.tls.session or self._session
+
+    async def _handshake(self, conn: TLSConn) -> None:
+        try:
+            await conn.ready
+        except BaseException:
+            conn.transport.abort()  # type: ignore[union-attr]
+            raise
+
+    async def _open_tunnel(self, addr: str, port: int) -> Conn:
         """A TLS connection to the endpoint through the proxy at ``addr``: ``CONNECT``,
         then the handshake inside the tunnel."""
-        raw, tunnel = await self._loop.create_connection(_Tunnel, addr, port)
+        raw, tunnel = await self._loop.create_connection(
+            lambda: _Tunnel(self._proxy), addr, port)  # type: ignore[arg-type]
         try:
             raw.write(self._tunnel)
             status, reason = await tunnel.reply
             if status != 200:
                 raise proxy_refused(self._proxy, status, reason,  # type: ignore[arg-type]
                                     f"{self._host}:{self._port}")
-            conn = _Conn()
-            tls = await self._loop.start_tls(raw, conn, self._ssl,  # type: ignore[arg-type]
-                                             server_hostname=self._host)
         except BaseException:
             raw.abort()
             raise
-        conn.connection_made(tls)  # type: ignore[arg-type]
+        conn = self._tls_conn()
+        raw.set_protocol(conn)
+        conn.connection_made(raw)  # the handshake starts inside the tunnel
+        await self._handshake(conn)
         return conn
 
     async def post(self, body: bytes) -> Response:
@@ -332,7 +224,7 @@ class FastTransport(Transport):
                 conn = await self._connect()
             waiter = self._loop.create_future()
             conn.start(waiter)
-            conn.transport.write(data)  # type: ignore[union-attr]
+            conn.send(data)
             try:
                 status, head, payload, keep = await waiter
             except TransportError:
@@ -343,6 +235,8 @@ class FastTransport(Transport):
             except BaseException:
                 self._drop(conn)  # cancelled (timeout) or failed mid-response: not reusable
                 raise
+            if self._ssl is not None and conn.fresh:  # type: ignore[attr-defined]
+                self._keep_session(conn)  # type: ignore[arg-type]
             if keep:
                 conn.idle_since = self._loop.time()
                 idle.append(conn)
@@ -353,7 +247,7 @@ class FastTransport(Transport):
             return status, head, payload
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: Conn) -> None:
         self._all.discard(conn)
         if conn.transport is not None and not conn.closed:
             conn.transport.abort()

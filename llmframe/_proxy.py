@@ -130,7 +130,9 @@ def parse_proxy(url: str, where: str) -> Proxy:
     cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     netloc, path = rest[:cut], rest[cut:]
     if path not in ("", "/"):
-        raise ConfigError(f"{bad}: a proxy URL has no path; give http://HOST:PORT")
+        hint = (" (a / ? # or @ in the password must be percent-encoded: %2F %3F %23 %40)"
+                if "@" in path else "")
+        raise ConfigError(f"{bad}: a proxy URL has no path; give http://HOST:PORT{hint}")
     userinfo, at, hostport = netloc.rpartition("@")
     host, port_text = _split_host(hostport, bad)
     host = host.lower()

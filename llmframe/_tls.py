@@ -12,6 +12,7 @@ worth retrying: the row ends with it at once.
 
 from __future__ import annotations
 
+import os
 import ssl
 
 __all__ = ["client_context", "explain"]
@@ -49,9 +50,12 @@ def client_context(*, ca_bundle: str | None = None, client_cert: str | None = No
     if not verify:
         import warnings
 
-        warnings.warn(f"endpoint {name!r}: TLS verification is OFF (verify=false): its "
-                      "certificate is not checked, so anyone on the path can read and change "
-                      "the requests, API key included", RuntimeWarning, stacklevel=2)
+        with warnings.catch_warnings():  # every run, not once per process
+            warnings.simplefilter("always")
+            warnings.warn(f"endpoint {name!r}: TLS verification is OFF (verify=false): its "
+                          "certificate is not checked, so anyone on the path can read and "
+                          "change the requests, API key included", RuntimeWarning,
+                          stacklevel=2)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -71,9 +75,13 @@ def explain(exc: ssl.SSLError, host: str) -> str:
         return (f"TLS: the certificate of {host} {_EXPIRED[code]} ({detail}): renew it on "
                 "the server, or check this machine's clock")
     if code in _UNTRUSTED:
+        cafile = os.environ.get("SSL_CERT_FILE")
+        if cafile and not os.path.isfile(cafile):
+            detail += f"; SSL_CERT_FILE={cafile} is not a file"
         return (f"TLS: the certificate of {host} is not signed by a CA this machine trusts "
-                f"({detail}): give the CA's certificate with SSL_CERT_FILE=PATH (or "
-                "SSL_CERT_DIR); a self-signed test server's own certificate works as the CA")
+                f"({detail}): give the CA's certificate with the endpoint's ca_bundle=PATH "
+                "or SSL_CERT_FILE=PATH (or SSL_CERT_DIR); a self-signed test server's own "
+                "certificate works as the CA")
     if code in _WRONG_HOST:
         return (f"TLS: the certificate of {host} is for another host name ({detail}): use "
                 "the host name the certificate was issued for in the endpoint's URL")

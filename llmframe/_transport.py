@@ -65,8 +65,8 @@ def proxy_refused(proxy: Proxy, status: int, reason: str, target: str) -> Transp
     said = f"{status} {reason}".strip()
     if status == 407:
         remedy = ("it refused the user name and password in its URL" if proxy.auth else
-                  "give them in its URL, http://USER:PASSWORD@HOST:PORT (HTTPS_PROXY, "
-                  "HTTP_PROXY or --proxy)")
+                  "give a user name and password in its URL, "
+                  "http://USER:PASSWORD@HOST:PORT (HTTPS_PROXY, HTTP_PROXY or --proxy)")
         return TransportError("proxy", f"proxy {proxy} asks for authentication ({said}): "
                               f"{remedy}")
     if status in (502, 503, 504):

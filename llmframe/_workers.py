@@ -28,6 +28,7 @@ from typing import Any
 from ._config import RunConfig
 from ._exceptions import StoreError, WorkerError
 from ._files import FileRun, progress_total, run_file_async
+from ._pool import check_network
 from ._results import EndpointStats, RunStats
 from ._runner import new_event_loop
 from ._summary import Progress
@@ -146,6 +147,7 @@ def _die_with_parent(signum: int) -> None:
 def _start(run: FileRun, workers: int, grace: float) -> tuple[list[Any], list[Connection]]:
     """Start the worker processes, each with the read end of a pipe for its reports."""
     ctx = mp.get_context("spawn")
+    check_network(run.config)  # a bad proxy or TLS file: exit 2, nothing started
     # truncate (or keep, when appending) once, before any worker appends
     for path in (run.save, run.errors):
         path.parent.mkdir(parents=True, exist_ok=True)

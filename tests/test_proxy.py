@@ -186,3 +186,64 @@ def test_cli_proxy_flags_and_environment(tmp_path, https_server, proxy):
     proc = run_cli("run", req, "-e", https_server.url, "--overwrite", "--proxy",
                    "socks5://bob:hunter2@127.0.0.1:1")
     assert proc.returncode == 2 and "SOCKS" in proc.stderr and "hunter2" not in proc.stderr
+
+
+def test_polars_proxy_keyword(mock_server, proxy, monkeypatch):
+    import polars as pl
+
+    import llmframe  # noqa: F401 - registers the namespace
+
+    srv, p = mock_server(), proxy()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_dead_port()}")
+    df = pl.DataFrame({"prompt": ["a", "b", "c"]})
+    out = df.llm.complete("prompt", endpoints=[srv.url], proxy=p.url)
+    assert out["response"].to_list() == ["echo: a", "echo: b", "echo: c"]
+    assert len(p.forwarded) == 3
+    out = df.select(pl.col("prompt").llm.complete(endpoints=[srv.url], proxy=False))
+    assert out["prompt"].struct.field("response").to_list() == ["echo: a", "echo: b", "echo: c"]
+
+
+def test_review_fixes_scheme_case_reprs_specs_workers_and_a_garbage_proxy(
+        tmp_path, https_server, proxy, monkeypatch):
+    from llmframe._config import parse_endpoint_spec
+
+    # an upper-case scheme is https: credentials go to the proxy's CONNECT, never inside
+    p = proxy(auth=("carol", "pw9"))
+    host = p.url.removeprefix("http://")
+    upper = https_server.url.replace("https://", "HTTPS://")
+    assert Endpoint(upper).url == https_server.url
+    for transport in ("auto", "aiohttp"):
+        results, _ = run_rows(["a"], [upper], proxy=f"http://carol:pw9@{host}",
+                              transport=transport)
+        assert results[0].ok, results[0].error
+    assert all(a == "Basic Y2Fyb2w6cHc5" for a in p.auth_seen)
+    # reprs and spec errors never show a proxy password (even one holding a comma)
+    assert "pw9" not in repr(RunConfig([https_server.url], proxy=f"http://carol:pw9@{host}"))
+    for spec, says in [
+        (f"url={https_server.url},proxy=http://u:TOPSECRET@{host},weight=abc", "number"),
+        (f"url={https_server.url},proxy=http://u:TOP,SECRET@{host}", "%2C"),
+        (f"url={https_server.url},proxy=http://u:TOPSECRET@{host},proxy=none", "twice"),
+    ]:
+        with pytest.raises(ConfigError, match=says) as info:
+            parse_endpoint_spec(spec)
+        assert "TOP" not in str(info.value) and "SECRET" not in str(info.value)
+    # --workers: a bad proxy in the environment is exit 2 before any worker or file
+    req = write_requests(tmp_path / "w.jsonl", [{"input": "a"}])
+    proc = run_cli("run", req, "-e", https_server.url, "--workers", "2",
+                   env={"HTTPS_PROXY": "socks5://u:pw@127.0.0.1:1"})
+    assert proc.returncode == 2 and "SOCKS" in proc.stderr, proc.stderr
+    assert not (tmp_path / "w.save.jsonl").exists()
+    # something that is not an HTTP proxy: the row error names it
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        import threading
+
+        def banner():
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        threading.Thread(target=banner, daemon=True).start()
+        fake = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        results, _ = run_rows(["a"], [https_server.url], proxy=fake, max_attempts=1)
+    assert f"proxy {fake} is not an HTTP proxy" in results[0].error
