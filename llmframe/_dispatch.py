@@ -119,6 +119,8 @@ class PlainRows:
     def __init__(self, rows: Iterable[Row], config: RunConfig, stats: RunStats,
                  emit: Callable[[Result], None], label: Callable[[int], str] | None) -> None:
         self.rows: Iterator[Row] | None = iter(rows)
+        if hasattr(rows, "open"):
+            rows.feed = self  # type: ignore[attr-defined]
         self.config = config
         self.stats = stats
         self.emit = emit
@@ -133,6 +135,8 @@ class PlainRows:
         while rows is not None:
             row = next(rows, None)
             if row is None:
+                if getattr(rows, "open", False):  # a live source (_live.LiveRows): more
+                    return None                    # rows later, and a wake() with them
                 break
             self.stats.rows += 1
             job = job_of(row, self.config, self.label)

@@ -1,9 +1,12 @@
 """``FastTransport``: HTTP/1.1 POSTs on a raw ``asyncio.Protocol`` with a keep-alive pool.
 
 It writes each request with one ``write`` and parses only what it needs (status, headers,
-Content-Length or chunked body, gzip). Measured here it costs a fraction of aiohttp's
-per-request CPU, which is what makes thousands of requests per second per core possible.
-Every failure leaves it as a :class:`~llmframe._transport.TransportError`.
+Content-Length or chunked body, gzip: ``_conn.Conn``). Measured here it costs a fraction of
+aiohttp's per-request CPU, which is what makes thousands of requests per second per core
+possible. https runs TLS inside the connection itself (``_fasttls.TLSConn``), resuming the
+endpoint's TLS session on new connections. Through a proxy: ``CONNECT`` then TLS in the
+tunnel for https, absolute-form requests for http. Every failure leaves it as a
+:class:`~llmframe._transport.TransportError`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""llmframe on Ray Data: a real two-node cluster on 127.0.0.1 (ray.cluster_utils.Cluster,
+a head and one worker node with 1 CPU each, as small nodes are) against the project's
+test server. Skipped, with the reason, when Ray is not installed (``llmframe[ray]``)."""
+
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]"')
+pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "ray[data]"')
+
+import llmframe.ray  # noqa: E402
+from llmframe import ConfigError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_polars_in_polars_out_on_both_nodes_every_row_once_and_aligned(cluster, mock_server):
+    srv = mock_server(latency=0.02)
+    n = 1200
+    df = pl.DataFrame({"q": [f"p{i}" for i in range(n)], "id": range(n)})
+    df = df.with_columns(pl.when(pl.col("id") == 7).then(None).otherwise(pl.col("q"))
+                         .alias("q"))
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], actors=2, batch_size=50,
+                                metadata=True)
+    assert out.columns[:2] == ["q", "id"] and out["id"].to_list() == list(range(n))
+    expected = [None if i == 7 else f"echo: p{i}" for i in range(n)]
+    assert out["response"].to_list() == expected
+    assert out["error"].null_count() == n
+    assert out["node"].drop_nulls().n_unique() == 2  # rows ran on both nodes
+    assert srv.counts["requests"] == n - 1  # each row sent once (the null row: never)
+
+
+def test_the_global_rps_holds_at_the_servers_clock(cluster, mock_server):
+    srv = mock_server(latency=0.05)
+    rps, n = 200, 1400
+    df = pl.DataFrame({"q": [f"r{i}" for i in range(n)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], rps=rps, actors=2,
+                                batch_size=40)
+    assert out["error"].null_count() == n
+    per_second = srv.state.per_second
+    seconds = sorted(per_second)
+    counts = [per_second.get(s, 0) for s in range(seconds[0], seconds[-1] + 1)]
+    assert max(counts) <= rps, counts  # never more than rps in any second
+    assert statistics.median(counts[1:-1]) >= 0.75 * rps, counts  # and near it
+
+
+def test_a_dataset_in_gives_a_lazy_dataset_out(cluster, mock_server):
+    srv = mock_server()
+    ds = ray.data.from_items([{"q": f"d{i}", "k": i} for i in range(300)])
+    lazy = llmframe.ray.complete(ds, "q", endpoints=[srv.url], actors=2, batch_size=50)
+    assert srv.counts["requests"] == 0  # nothing sent until it is consumed
+    rows = sorted(lazy.take_all(), key=lambda r: r["k"])
+    assert [r["response"] for r in rows] == [f"echo: d{i}" for i in range(300)]
+    assert all(r["error"] is None for r in rows) and srv.counts["requests"] == 300
+
+
+def test_bad_input_fails_on_the_driver_before_anything_is_sent(cluster, mock_server):
+    srv = mock_server()
+    df = pl.DataFrame({"q": ["a"], "response": ["taken"]})
+    with pytest.raises(ConfigError, match="response"):
+        llmframe.ray.complete(df, "q", endpoints=[srv.url])
+    with pytest.raises(ConfigError, match="not found"):
+        llmframe.ray.complete(df, "nope", endpoints=[srv.url])
+    with pytest.raises(ConfigError, match="actors"):
+        llmframe.ray.complete(df.drop("response"), "q", endpoints=[srv.url], actors=0)
+    with pytest.raises(ConfigError, match="rps"):
+        llmframe.ray.complete(df.drop("response"), "q", endpoints=[srv.url], rps=-1)
+    assert srv.counts["requests"] == 0
+
+
+def test_an_actor_killed_mid_run_loses_nothing(cluster, mock_server):
+    import os
+    import signal
+    import threading
+    import time
+
+    srv = mock_server(latency=0.2)
+    n = 800
+    df = pl.DataFrame({"q": [f"k{i}" for i in range(n)]})
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("out", llmframe.ray.complete(
+        df, "q", endpoints=[srv.url], actors=2, batch_size=20, concurrency=40)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while srv.counts["ok"] < n // 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+               if _title(p).startswith("ray::MapWorker")]
+    assert workers, "no map actor alive to kill"
+    os.kill(workers[0], signal.SIGKILL)  # a crash, mid-batch
+    thread.join(240)
+    out = box["out"]
+    assert out["response"].to_list() == [f"echo: k{i}" for i in range(n)]
+    assert out["error"].null_count() == n
+    assert srv.counts["ok"] >= n  # the killed actor's batch was sent again (some rows twice)
+
+
+def _title(cmdline: Path) -> str:
+    try:
+        return cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
