@@ -133,7 +133,7 @@ class Endpoint:
                 raise ConfigError(msg)
             object.__setattr__(self, "headers", dict(self.headers))
 
-    def ssl_context(self) -> Any:
+    def ssl_context(self, warn: bool = True) -> Any:
         """The TLS context for this endpoint (None for http://); see ``_tls``."""
         if not self.url.startswith("https://"):
             return None
@@ -141,7 +141,7 @@ class Endpoint:
 
         return client_context(ca_bundle=self.ca_bundle, client_cert=self.client_cert,
                               client_key=self.client_key, verify=self.verify,
-                              name=self.name)
+                              name=self.name, warn=warn)
 
     @property
     def request_rate(self) -> float | None:
@@ -317,6 +317,15 @@ def _number(text: str, key: str, where: str) -> float:
 _PROXY_PASSWORD = re.compile(r"(proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*):[^@]*@")
 
 
+def _check_proxy_commas(spec: str, where: str) -> None:
+    """A comma in a proxy password would split the spec there: refuse it first, before a
+    part of the password is read as another key."""
+    for match in re.finditer(r"proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*:([^@]*)@", spec):
+        if "," in match.group(1):
+            msg = f"{where}: a comma in a proxy password: write it %2C"
+            raise ConfigError(msg)
+
+
 def _shown_spec(spec: str) -> str:
     """A spec as it may be shown: no URL credentials, no proxy password (which may hold a
     comma).
@@ -340,6 +349,7 @@ def parse_endpoint_spec(spec: str) -> Endpoint:
     if spec.startswith(("http://", "https://")) or "=" not in spec:
         return Endpoint(spec)
     where = f"endpoint spec {_shown_spec(spec)!r}"
+    _check_proxy_commas(spec, where)
     fields: dict[str, Any] = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")

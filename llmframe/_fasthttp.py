@@ -179,8 +179,7 @@ class FastTransport(Transport):
         return TLSConn(self._ssl, self._host, self._session)  # type: ignore[arg-type]
 
     def _keep_session(self, conn: TLSConn) -> None:
-        """After a connection's first answer (TLS 1.3 tickets arrive after the handshake):
-        its session, for the next connections to resume."""
+        """After a connection's first answer (TLS 1.3 tickets come after the handshake)."""
         conn.fresh = False
         self._session = conn.tls.session or self._session
 
@@ -230,11 +229,13 @@ class FastTransport(Transport):
             conn.send(data)
             try:
                 status, head, payload, keep = await waiter
-            except TransportError:
+            except TransportError as exc:
                 self._drop(conn)
                 if stale_risk and not conn.got_bytes and attempt == 0:
                     continue
-                raise
+                if self._proxy is None or self._tunnel:
+                    raise
+                raise TransportError(exc.kind, f"{exc} (via proxy {self._proxy})") from None
             except BaseException:
                 self._drop(conn)  # cancelled (timeout) or failed mid-response: not reusable
                 raise

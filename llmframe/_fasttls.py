@@ -17,6 +17,7 @@ server that does not take the ticket simply does a full handshake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from ._conn import Conn
@@ -82,17 +83,36 @@ class TLSConn(Conn):
             if not self.ready.done() or self.ready.exception() is not None:
                 return
         plain: list[bytes] = []
+        ending = False
         try:
             while True:
-                plain.append(self.tls.read(_READ))
-        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-            pass  # all read; or the server's close_notify (its FIN follows)
+                chunk = self.tls.read(_READ)
+                if not chunk:  # the server's close_notify: it is closing this connection
+                    ending = True
+                    break
+                plain.append(chunk)
+        except ssl.SSLWantReadError:
+            pass  # all read
+        except ssl.SSLZeroReturnError:
+            ending = True
         except ssl.SSLError as exc:  # an alert from the server
             self._alert(exc)
             return
         self._flush()  # key updates and alerts OpenSSL answered while reading
-        if plain and (len(plain) > 1 or plain[0]):
+        if plain:
             Conn.data_received(self, b"".join(plain) if len(plain) > 1 else plain[0])
+        if ending:
+            self._end()
+
+    def _end(self) -> None:
+        """Answer the server's close_notify and close: never reused (a server may hold the
+        socket open until its peer says goodbye too)."""
+        self.closed = True
+        with contextlib.suppress(ssl.SSLError):
+            self.tls.unwrap()
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def _alert(self, exc: ssl.SSLError) -> None:
         reason = str(getattr(exc, "reason", None) or exc)

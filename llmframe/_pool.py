@@ -144,13 +144,9 @@ class Target:
 def check_network(config: RunConfig) -> None:
     """What a run would read when it starts (TLS files, proxies from the environment),
     checked now: for ``--workers``, so a bad one stops the run before any worker starts."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # verify=false: each worker says so itself
-        for ep in config.endpoints:
-            ep.ssl_context()
-            proxy_of(ep, ep.url, config.proxy)
+    for ep in config.endpoints:
+        ep.ssl_context(warn=False)  # verify=false: each worker says so itself
+        proxy_of(ep, ep.url, config.proxy)
 
 
 class EndpointPool:

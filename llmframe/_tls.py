@@ -25,7 +25,7 @@ _WRONG_HOST = {62, 63, 64}  # host name, e-mail, IP address mismatch
 
 def client_context(*, ca_bundle: str | None = None, client_cert: str | None = None,
                    client_key: str | None = None, verify: bool = True,
-                   name: str = "") -> ssl.SSLContext:
+                   name: str = "", warn: bool = True) -> ssl.SSLContext:
     """The context for an https endpoint: ``ca_bundle`` (PEM) is trusted besides the
     system's CAs; ``client_cert`` (and ``client_key``, if the key is not in the same PEM)
     for a gateway that asks for one (mTLS); ``verify=False`` turns checking off, loudly (a
@@ -47,7 +47,7 @@ def client_context(*, ca_bundle: str | None = None, client_cert: str | None = No
 
         msg = f"endpoint {name!r}: cannot load its TLS files ({exc}); give PEM files"
         raise ConfigError(msg) from None
-    if not verify:
+    if not verify and warn:
         import warnings
 
         with warnings.catch_warnings():  # every run, not once per process
@@ -56,6 +56,7 @@ def client_context(*, ca_bundle: str | None = None, client_cert: str | None = No
                           "certificate is not checked, so anyone on the path can read and "
                           "change the requests, API key included", RuntimeWarning,
                           stacklevel=2)
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context

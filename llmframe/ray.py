@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -61,40 +64,60 @@ class _Limiter:
         return self.book.grant(want, time.monotonic())
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every actor needs to know (pickled into each)."""
+
+    column: str
+    config: RunConfig
+    limiter: Any
+    want: int
+    response: str
+    error: str
+    metadata: bool
+    out_dir: str | None
+
+
 class _Completer:
     """The ``map_batches`` callable class: one engine for the actor's life."""
 
-    def __init__(self, column: str, config: RunConfig, limiter: Any, want: int,
-                 output: str, error: str, metadata: bool) -> None:
+    def __init__(self, job: _Job) -> None:
         import ray
 
         from ._live import LiveEngine
 
-        self.column, self.output, self.error, self.metadata = column, output, error, metadata
+        self.job = job
         self.node = ray.get_runtime_context().get_node_id()
-        self.schema = config.schema
         pacer = None
-        if limiter is not None:
+        if job.limiter is not None:
+            limiter = job.limiter
+
             async def lease(n: int) -> tuple[int, float]:
                 return await limiter.grant.remote(n)
-            pacer = LeasedPacer(lease, want=want)
-        self.engine = LiveEngine(config, pacer)
+            pacer = LeasedPacer(lease, want=job.want)
+        self.engine = LiveEngine(job.config, pacer)
 
     def __call__(self, batch: Any) -> Any:
         from . import functions as f
 
+        job = self.job
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
-        series = f._prompts(df, self.column)
-        out = f._Collected(len(df), self.engine.config.schema)
-        rows = list(f._rows(series, max(len(series), 1), self.engine.config.api))
+        series = f._prompts(df, job.column)
+        out = f._Collected(len(df), job.config.schema)
+        rows = list(f._rows(series, max(len(series), 1), job.config.api))
         for result in self.engine.run(rows):
             if result is not None:
                 out.put(result)
-        frame = f._frame_out(df, out, output=self.output, error=self.error,
-                             metadata=self.metadata)
-        if self.metadata:
+        frame = f._frame_out(df, out, output=job.response, error=job.error,
+                             metadata=job.metadata)
+        if job.metadata:
             frame = frame.with_columns(pl.lit(self.node, dtype=pl.String).alias("node"))
+        if job.out_dir is not None:  # this block's results, whole or not at all
+            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
+            tmp = part.with_suffix(".tmp")
+            frame.write_parquet(tmp)
+            os.replace(tmp, part)
         return frame.to_arrow()
 
     def __del__(self) -> None:
@@ -104,15 +127,19 @@ class _Completer:
 
 
 def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
+             output: str | os.PathLike[str] | None = None, id_column: str | None = None,
              batch_size: int = 256, max_concurrency: int = 4, num_cpus: float = 0.25,
-             output: str = "response", error: str = "error", metadata: bool = False,
-             config: RunConfig | None = None, **options: Any) -> Any:
+             response_column: str = "response", error_column: str = "error",
+             metadata: bool = False, config: RunConfig | None = None, **options: Any) -> Any:
     """Send one request per row of ``data[column]`` from ``actors`` Ray actors.
 
     ``data``: a polars DataFrame (a DataFrame comes back, row-aligned) or a
     ``ray.data.Dataset`` (a lazy Dataset comes back). Run options as in
     ``df.llm.complete`` (``rps``, ``concurrency``, ``max_attempts``, ``model``, ``system``,
     ``params``, ``schema``, ...): ``rps`` and ``concurrency`` are for the whole job.
+    ``output=DIR``: each block's results are written there as a Parquet file as soon as
+    the block is done, and a rerun with the same DIR sends only the rows that have none
+    (rows are keyed by their position in a DataFrame, by ``id_column`` in a Dataset).
     """
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
@@ -124,6 +151,7 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"llmframe.ray: {name} must be an integer >= 1, got {value!r}"
             raise ConfigError(msg)
+    out_dir = None if output is None else _output_dir(output)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
     limiter = None
@@ -131,49 +159,98 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
         limiter = ray.remote(num_cpus=0)(_Limiter).remote(config.rps)
     share = dataclasses.replace(config, rps=None,
                                 concurrency=max(1, math.ceil(config.concurrency / actors)))
-    want = max(1, math.ceil((config.rps or 0) * SLICE / actors))
-    kwargs = {"column": column, "config": share, "limiter": limiter, "want": want,
-              "output": output, "error": error, "metadata": metadata}
+    job = _Job(column, share, limiter, max(1, math.ceil((config.rps or 0) * SLICE / actors)),
+               response_column, error_column, metadata, out_dir)
+    run = _Map(ray, job, actors, batch_size, max_concurrency, num_cpus)
     if isinstance(data, pl.DataFrame):
-        return _complete_frame(ray, data, kwargs, actors, batch_size, max_concurrency,
-                               num_cpus)
-    return _map(ray, data, kwargs, actors, batch_size, max_concurrency, num_cpus)
+        return _complete_frame(run, data)
+    return _complete_dataset(run, data, id_column)
 
 
-def _map(ray: Any, ds: Any, kwargs: dict[str, Any], actors: int, batch_size: int,
-         max_concurrency: int, num_cpus: float) -> Any:
-    names = set(ds.schema().names)
-    if kwargs["column"] not in names:
-        msg = f"column {kwargs['column']!r} not found; the dataset has {', '.join(names)}"
+def _output_dir(output: str | os.PathLike[str]) -> str:
+    path = Path(output).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        msg = f"llmframe.ray: output={str(output)!r} is a file; give a directory"
         raise ConfigError(msg)
-    taken = names & {kwargs["output"], kwargs["error"]}
-    if taken:
-        msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: pass "
-               "output=/error= names that are free")
-        raise ConfigError(msg)
-    import warnings
-
-    with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return ds.map_batches(
-            _Completer, fn_constructor_kwargs=kwargs, batch_format="pyarrow",
-            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=num_cpus, max_concurrency=max_concurrency, scheduling_strategy="SPREAD")
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
-def _complete_frame(ray: Any, df: pl.DataFrame, kwargs: dict[str, Any], actors: int,
-                    batch_size: int, max_concurrency: int, num_cpus: float) -> pl.DataFrame:
+def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
+    """The results already in ``out_dir`` (one per ``key``), or None."""
+    if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
+        return None
+    done = pl.read_parquet(str(Path(out_dir) / "part-*.parquet"))
+    return done.unique(subset=key, keep="first", maintain_order=True)
+
+
+@dataclasses.dataclass
+class _Map:
+    ray: Any
+    job: _Job
+    actors: int
+    batch_size: int
+    max_concurrency: int
+    num_cpus: float
+
+    def __call__(self, ds: Any) -> Any:
+        names = set(ds.schema().names)
+        job = self.job
+        if job.column not in names:
+            msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
+            raise ConfigError(msg)
+        taken = names & {job.response, job.error}
+        if taken:
+            msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: "
+                   "pass response_column=/error_column= names that are free")
+            raise ConfigError(msg)
+        import warnings
+
+        with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ds.map_batches(
+                _Completer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
+                batch_size=self.batch_size,
+                compute=self.ray.data.ActorPoolStrategy(size=self.actors),
+                num_cpus=self.num_cpus, max_concurrency=self.max_concurrency,
+                scheduling_strategy="SPREAD")
+
+
+def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     from .functions import _check_collisions, _prompts
 
-    _prompts(df, kwargs["column"])  # a missing or non-string column: before anything runs
-    _check_collisions(df, kwargs["output"], kwargs["error"], kwargs["metadata"])
-    table = df.with_row_index(_ROW).to_arrow()
-    blocks = [table.slice(i, batch_size) for i in range(0, max(len(df), 1), batch_size)]
-    ds = _map(ray, ray.data.from_arrow(blocks), kwargs, actors, batch_size, max_concurrency,
-              num_cpus)
-    import pyarrow as pa
+    job, ray = run.job, run.ray
+    _prompts(df, job.column)  # a missing or non-string column: before anything runs
+    _check_collisions(df, job.response, job.error, job.metadata)
+    table = df.with_row_index(_ROW)
+    done = _done(job.out_dir, _ROW)
+    if done is not None:
+        table = table.filter(~pl.col(_ROW).is_in(done[_ROW].implode()))
+    parts = [] if done is None else [done]
+    if table.height:
+        arrow = table.to_arrow()
+        blocks = [arrow.slice(i, run.batch_size) for i in range(0, len(arrow), run.batch_size)]
+        tables = ray.get(run(ray.data.from_arrow(blocks)).to_arrow_refs())
+        import pyarrow as pa
 
-    tables = ray.get(ds.to_arrow_refs())
-    out = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
-    assert isinstance(out, pl.DataFrame)
+        new = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
+        assert isinstance(new, pl.DataFrame)
+        parts.append(new)
+    out = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
     return out.sort(_ROW).drop(_ROW)
+
+
+def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
+    job = run.job
+    if job.out_dir is None:
+        return run(ds)
+    if id_column is None or id_column not in ds.schema().names:
+        msg = ("llmframe.ray: output= with a Dataset needs id_column= (a column that names "
+               "each row, to know on a rerun which rows have a result)")
+        raise ConfigError(msg)
+    done = _done(job.out_dir, id_column)
+    if done is None:
+        return run(ds)
+    seen = set(done[id_column].to_list())
+    todo = ds.filter(lambda row: row[id_column] not in seen)
+    return run(todo).union(run.ray.data.from_arrow(done.to_arrow()))

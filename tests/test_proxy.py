@@ -222,6 +222,7 @@ def test_review_fixes_scheme_case_reprs_specs_workers_and_a_garbage_proxy(
     for spec, says in [
         (f"url={https_server.url},proxy=http://u:TOPSECRET@{host},weight=abc", "number"),
         (f"url={https_server.url},proxy=http://u:TOP,SECRET@{host}", "%2C"),
+        (f"url={https_server.url},proxy=http://u:TOP,timeout=SECRET@{host}", "%2C"),
         (f"url={https_server.url},proxy=http://u:TOPSECRET@{host},proxy=none", "twice"),
     ]:
         with pytest.raises(ConfigError, match=says) as info:

@@ -116,3 +116,44 @@ def _title(cmdline: Path) -> str:
         return cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_output_dir_keeps_results_per_block_and_a_rerun_after_a_driver_crash_sends_the_rest(
+        cluster, mock_server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    srv = mock_server(latency=0.3)
+    n = 600
+    out_dir = tmp_path / "results"
+    script = (
+        "import polars as pl, ray, llmframe.ray\n"
+        f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False)\n"
+        f"df = pl.DataFrame({{'q': [f'c{{i}}' for i in range({n})]}})\n"
+        f"llmframe.ray.complete(df, 'q', endpoints=[{srv.url!r}], output={str(out_dir)!r},\n"
+        "                      actors=2, batch_size=25, concurrency=20)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out_dir.glob("part-*.parquet"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out_dir.glob("part-*.parquet")), "no block was written"
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the driver crashes mid-run
+        driver.wait(30)
+    kept = pl.read_parquet(str(out_dir / "part-*.parquet"))
+    sent_before = srv.counts["requests"]
+    time.sleep(1.0)  # the killed driver's actors stop with it
+    sent_before = srv.counts["requests"]
+    df = pl.DataFrame({"q": [f"c{i}" for i in range(n)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], output=out_dir, actors=2,
+                                batch_size=25)
+    assert out["response"].to_list() == [f"echo: c{i}" for i in range(n)]
+    assert out["error"].null_count() == n
+    resent = srv.counts["requests"] - sent_before
+    assert resent == n - kept["__llmframe_row"].n_unique()  # only the rows without a result
+    # and a third run sends nothing at all
+    again = llmframe.ray.complete(df, "q", endpoints=[srv.url], output=out_dir)
+    assert again.equals(out) and srv.counts["requests"] - sent_before == resent

@@ -168,3 +168,49 @@ def test_ssl_cert_dir_is_honoured_on_every_transport(tmp_path, mock_server, monk
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))  # no CA there: refused, clearly
     results, _ = run_rows(["a"], [srv.url], transport=transport)
     assert results[0].error_type == "tls_error" and "SSL_CERT_FILE" in results[0].error
+
+
+def test_a_server_closing_idle_connections_cleanly_with_close_notify(tmp_path, ca,
+                                                                     monkeypatch):
+    """A TLS server that answers and then closes the connection with close_notify (as
+    asyncio servers do with idle keep-alive connections): the next request opens a new
+    connection; the loop never spins on the closed one."""
+    import asyncio
+    import json
+    import threading
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    loop = asyncio.new_event_loop()
+    answered = []
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        body = json.dumps({"choices": [{"message": {"content": "hi"},
+                                        "finish_reason": "stop"}]}).encode()
+        answered.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # close_notify, then FIN
+
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0,
+                                                          ssl=context))
+    port = server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        results, _ = run_rows(["a", "b", "c", "d"], [f"https://127.0.0.1:{port}/v1"],
+                              concurrency=1, rps=5, timeout=5, max_attempts=2)
+        assert all(r.ok for r in results.values()), [r.error for r in results.values()]
+        assert len(answered) == 4
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
