@@ -138,6 +138,12 @@ def cli() -> None:
                    "command lines are visible to other users.")
 @click.option("--no-proxy", "no_proxy", is_flag=True,
               help="Connect directly, ignoring HTTPS_PROXY / HTTP_PROXY / ALL_PROXY.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
+              metavar="[auto|ADDRESS]",
+              help="Run on Ray Data (pip install 'llmframe[ray]'): auto joins RAY_ADDRESS's "
+                   "cluster (else a local Ray), or give the head's ADDRESS. --rps and "
+                   "--concurrency hold for the whole job. Writes the same save and errors "
+                   "files; each block's results are also kept in SAVE.ray/ for --resume.")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1,
               help="Processes to shard rows over (the rate and concurrency are split "
                    "between them exactly). Use 2+ only for thousands of requests/s.")
@@ -152,8 +158,8 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         api: str, model: str | None, system: str | None, params: tuple[str, ...],
         max_tokens: int | None, timeout: float, schema_file: Path | None, cache: str | None,
         no_cache: bool, cache_truncated: bool, resume: bool, retry_errors: bool,
-        overwrite: bool, grace: float, proxy: str | None, no_proxy: bool, workers: int,
-        progress: bool | None) -> None:
+        overwrite: bool, grace: float, proxy: str | None, no_proxy: bool,
+        ray_address: str | None, workers: int, progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
     \b
@@ -220,6 +226,9 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                    "output_tokens": output_tokens, "tokenizer": tokenizer,
                    "proxy": _proxy_option(proxy, no_proxy),
                    **_output_options(schema_file, cache, no_cache, cache_truncated)}
+        if ray_address is not None:
+            sys.exit(_ray_run(path, endpoints, options, ray_address, save, errors, resume,
+                              retry_errors, overwrite, workers))
         if dry_run:
             sys.exit(_dry_run(path, endpoints, options, save=save, errors=errors,
                               resume=resume, retry_errors=retry_errors, overwrite=overwrite))
@@ -227,6 +236,24 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
                     workers=workers, progress=progress, grace=grace)
     sys.exit(code)
+
+
+def _ray_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any], address: str,
+             save: Path | None, errors: Path | None, resume: bool, retry_errors: bool,
+             overwrite: bool, workers: int) -> int:
+    """``--ray``: the run on Ray Data (``_cli_ray``)."""
+    from ._cli_ray import run_on_ray
+
+    if workers > 1 or retry_errors:
+        msg = "--ray runs the job over Ray's actors: not with --workers or --retry-errors"
+        raise UsageProblem(msg)
+    save_path, errors_path = default_paths(path, save, errors)
+    try:
+        return run_on_ray(path, endpoints, options, address=address, save=save_path,
+                          errors=errors_path, resume=resume, overwrite=overwrite,
+                          echo=lambda text: click.echo(text, err=True))
+    except (ConfigError, ImportError) as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _proxy_option(proxy: str | None, no_proxy: bool) -> str | bool | None:

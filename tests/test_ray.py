@@ -157,3 +157,31 @@ def test_output_dir_keeps_results_per_block_and_a_rerun_after_a_driver_crash_sen
     # and a third run sends nothing at all
     again = llmframe.ray.complete(df, "q", endpoints=[srv.url], output=out_dir)
     assert again.equals(out) and srv.counts["requests"] - sent_before == resent
+
+
+def test_cli_ray_writes_the_same_files_and_resumes(cluster, mock_server, tmp_path):
+    import json
+
+    from test_cli import read_jsonl, run_cli
+
+    srv = mock_server()
+    lines = [json.dumps({"input": f"f{i}", "id": i}) for i in range(150)]
+    lines[9] = "{not json"
+    req = tmp_path / "req.jsonl"
+    req.write_text("\n".join(lines) + "\n")
+    proc = run_cli("run", req, "-e", srv.url, "--ray", cluster.address, "--rps", "400",
+                   timeout=240)
+    assert proc.returncode == 1, proc.stderr  # the bad line is an error row
+    saved = read_jsonl(tmp_path / "req.save.jsonl")
+    assert sorted(s["response"] for s in saved) == sorted(f"echo: f{i}" for i in range(150)
+                                                          if i != 9)
+    errors = read_jsonl(tmp_path / "req.errors.jsonl")
+    assert len(errors) == 1 and "line 10" in errors[0]["error"]
+    assert "done on Ray" in proc.stderr and srv.counts["requests"] == 149
+    # outputs exist: refused without a mode; --resume sends nothing more
+    proc = run_cli("run", req, "-e", srv.url, "--ray", cluster.address, timeout=240)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    proc = run_cli("run", req, "-e", srv.url, "--ray", cluster.address, "--resume",
+                   timeout=240)
+    assert proc.returncode == 1 and srv.counts["requests"] == 149
+    assert len(read_jsonl(tmp_path / "req.save.jsonl")) == 149

@@ -1,0 +1,76 @@
+"""``llmframe run requests.jsonl --ray [auto|ADDRESS]``: the file run on Ray Data.
+
+The driver reads the file (``read_jsonl``: a line that cannot be sent becomes an error
+row), ``llmframe.ray.complete`` runs it over the cluster's actors with the job-wide limits,
+and the answers and errors are written to the same save and errors files as a local run.
+Each block's results are also kept as Parquet in ``SAVE.ray/`` the moment the block is
+done, so ``--resume`` after a crash of the driver sends only the rows without a result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ._cli_common import UsageProblem
+from ._config import Endpoint
+from ._exceptions import ConfigError
+
+__all__ = ["run_on_ray"]
+
+
+def results_dir(save: Path) -> Path:
+    """Where the blocks' results are kept: ``x.save.jsonl`` -> ``x.save.jsonl.ray/``."""
+    return save.with_name(save.name + ".ray")
+
+
+def _quiet(ray: Any) -> None:
+    """Ray Data's own progress logs and hints would bury the run's summary."""
+    import logging
+    import warnings
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\..*")
+
+
+def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *,
+               address: str, save: Path, errors: Path, resume: bool, overwrite: bool,
+               echo: Any) -> int:
+    """Run ``path`` on Ray; returns the exit code (0 all answered, 1 some errors)."""
+    from . import ray as llm_ray
+    from ._frame_io import read_jsonl, write_results
+
+    parts = results_dir(save)
+    existing = [p for p in (save, errors, parts)
+                if (p.is_dir() and any(p.iterdir())) or (p.is_file() and p.stat().st_size)]
+    if existing and not (resume or overwrite):
+        msg = (f"outputs already exist: {', '.join(map(str, existing))}. Pass --resume to "
+               "send only the rows without a result, or --overwrite to replace them")
+        raise UsageProblem(msg)
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+    ray = llm_ray._ray()
+    _quiet(ray)
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, logging_level="ERROR",
+                 log_to_driver=False)
+    api = options.get("api", "chat")
+    try:
+        frame = read_jsonl(path, api=api, warn=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    started = time.monotonic()
+    column = "request" if api == "raw" else "input"
+    out = llm_ray.complete(frame, column, endpoints=endpoints, output=parts,
+                           metadata=True, **options)
+    saved, failed = write_results(out, save, errors, api=api)
+    seconds = time.monotonic() - started
+    echo(f"done on Ray: {saved + failed:,} rows in {seconds:.1f} s: {saved:,} ok, "
+         f"{failed:,} errors (nodes: {out['node'].drop_nulls().n_unique()})\n"
+         f"  answers: {save}  ({saved:,} lines)\n  errors:  {errors}  ({failed:,} lines)\n"
+         f"  blocks:  {parts}/ (kept for --resume)")
+    return 1 if failed else 0
