@@ -23,7 +23,7 @@ SLICE = 0.05
 
 class LeaseBook:
     """The job's token bucket. ``grant(want, now)`` returns ``(tokens, wait)``: how many
-    were leased now, and (when none) how long until one is due.
+    were leased now, and (when none) how long until ``want`` of them are due.
 
     >>> book = LeaseBook(1000)
     >>> book.grant(100, 0.0)      # the burst: one slice's worth
@@ -42,9 +42,10 @@ class LeaseBook:
         if self.last is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        given = min(max(want, 1), math.floor(self.tokens + 1e-9))
-        if given <= 0:
-            return 0, (1 - self.tokens) / self.rate
+        want = max(want, 1)
+        given = min(want, math.floor(self.tokens + 1e-9))
+        if given <= 0:  # come back when a whole lease is due, not to poll for crumbs
+            return 0, (min(want, self.burst) - self.tokens) / self.rate
         self.tokens -= given
         return given, 0.0
 

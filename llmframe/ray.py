@@ -206,13 +206,16 @@ class _Map:
             raise ConfigError(msg)
         import warnings
 
+        # several batches at once in each actor: Ray Data runs a plain (not async) class
+        # one call at a time unless told it is thread-safe (the engine is)
+        compute = self.ray.data.ActorPoolStrategy(
+            size=self.actors, max_concurrent_calls_per_actor=self.max_concurrency,
+            enable_true_multi_threading=True)
         with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             return ds.map_batches(
                 _Completer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
-                batch_size=self.batch_size,
-                compute=self.ray.data.ActorPoolStrategy(size=self.actors),
-                num_cpus=self.num_cpus, max_concurrency=self.max_concurrency,
+                batch_size=self.batch_size, compute=compute, num_cpus=self.num_cpus,
                 scheduling_strategy="SPREAD")
 
 
