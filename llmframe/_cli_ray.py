@@ -26,6 +26,23 @@ def results_dir(save: Path) -> Path:
     return save.with_name(save.name + ".ray")
 
 
+def _reachable(address: str) -> None:
+    """A head that does not answer: say so now (Ray itself retries for minutes)."""
+    import socket
+
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageProblem(f"--ray {address}: expected auto or HOST:PORT of the Ray head")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        msg = (f"--ray {address}: cannot reach the Ray head there ({exc}); start it with "
+               "`ray start --head` or give its address")
+        raise UsageProblem(msg) from None
+
+
 def _quiet(ray: Any) -> None:
     """Ray Data's own progress logs and hints would bury the run's summary."""
     import logging
@@ -51,13 +68,18 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
         msg = (f"outputs already exist: {', '.join(map(str, existing))}. Pass --resume to "
                "send only the rows without a result, or --overwrite to replace them")
         raise UsageProblem(msg)
-    if overwrite:
-        shutil.rmtree(parts, ignore_errors=True)
+    if resume and existing and parts not in existing:
+        msg = (f"{save} was written by a run without --ray (no {parts}/): resume it the way "
+               "it was run, or pass --overwrite")
+        raise UsageProblem(msg)
     ray = llm_ray._ray()
     _quiet(ray)
     if not ray.is_initialized():
+        _reachable(address)
         ray.init(address=None if address == "auto" else address, logging_level="ERROR",
                  log_to_driver=False)
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
     api = options.get("api", "chat")
     try:
         frame = read_jsonl(path, api=api, warn=False)

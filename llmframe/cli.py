@@ -226,7 +226,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                    "output_tokens": output_tokens, "tokenizer": tokenizer,
                    "proxy": _proxy_option(proxy, no_proxy),
                    **_output_options(schema_file, cache, no_cache, cache_truncated)}
-        if ray_address is not None:
+        if ray_address is not None and not dry_run:  # a dry run sends nothing anywhere
             sys.exit(_ray_run(path, endpoints, options, ray_address, save, errors, resume,
                               retry_errors, overwrite, workers))
         if dry_run:
@@ -246,6 +246,9 @@ def _ray_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any], add
 
     if workers > 1 or retry_errors:
         msg = "--ray runs the job over Ray's actors: not with --workers or --retry-errors"
+        raise UsageProblem(msg)
+    if resume and overwrite:
+        msg = "--overwrite cannot be combined with --resume"
         raise UsageProblem(msg)
     save_path, errors_path = default_paths(path, save, errors)
     try:

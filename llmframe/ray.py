@@ -143,9 +143,11 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     """
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
-    if config.cache:
-        msg = "llmframe.ray: cache= is not supported yet (run without the response cache)"
-        raise ConfigError(msg)
+    _check_input(ray, data, column, response_column, error_column, num_cpus)
+    for name in ("cache", "budget"):
+        if getattr(config, name):
+            msg = f"llmframe.ray: {name}= is not supported yet (run it without, or locally)"
+            raise ConfigError(msg)
     for name, value in (("actors", actors), ("batch_size", batch_size),
                         ("max_concurrency", max_concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,8 +159,11 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     limiter = None
     if config.rps:
         limiter = ray.remote(num_cpus=0)(_Limiter).remote(config.rps)
-    share = dataclasses.replace(config, rps=None,
-                                concurrency=max(1, math.ceil(config.concurrency / actors)))
+    from ._workers import shard_config
+
+    # every actor's share of the limits (endpoints' rps/rpm/tpm/concurrency, tpm); the
+    # job's rps is leased instead
+    share = dataclasses.replace(shard_config(config, actors), rps=None)
     job = _Job(column, share, limiter, max(1, math.ceil((config.rps or 0) * SLICE / actors)),
                response_column, error_column, metadata, out_dir)
     run = _Map(ray, job, actors, batch_size, max_concurrency, num_cpus)
@@ -167,21 +172,83 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     return _complete_dataset(run, data, id_column)
 
 
+def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
+                 num_cpus: float) -> None:
+    """What can be checked before Ray starts anything."""
+    if isinstance(data, pl.LazyFrame):
+        msg = "llmframe.ray: a LazyFrame: collect() it first (or give a ray.data.Dataset)"
+        raise ConfigError(msg)
+    if not isinstance(data, (pl.DataFrame, ray.data.Dataset)):
+        msg = (f"llmframe.ray: data must be a polars DataFrame or a ray.data.Dataset, got "
+               f"{type(data).__name__}")
+        raise ConfigError(msg)
+    if not isinstance(column, str):
+        msg = (f"llmframe.ray: column must be a column name, got {type(column).__name__} "
+               "(build the prompt column first, e.g. with with_columns)")
+        raise ConfigError(msg)
+    if response == error:
+        msg = f"llmframe.ray: response_column and error_column are both {response!r}"
+        raise ConfigError(msg)
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
+        msg = f"llmframe.ray: num_cpus must be a number >= 0, got {num_cpus!r}"
+        raise ConfigError(msg)
+
+
 def _output_dir(output: str | os.PathLike[str]) -> str:
     path = Path(output).expanduser().resolve()
     if path.exists() and not path.is_dir():
         msg = f"llmframe.ray: output={str(output)!r} is a file; give a directory"
         raise ConfigError(msg)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"llmframe.ray: output={str(output)!r}: cannot create it ({exc})"
+        raise ConfigError(msg) from None
     return str(path)
 
 
-def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
+def _manifest(job: _Job, key: str) -> None:
+    """``DIR/llmframe.json`` says how the results there were made; a rerun with other
+    options would mix two kinds of rows: refused."""
+    import json
+
+    if job.out_dir is None:
+        return
+    schema = job.config.schema
+    made = {"column": job.column, "key": key, "response_column": job.response,
+            "error_column": job.error, "metadata": job.metadata, "api": job.config.api,
+            "schema": None if schema is None else schema.key}
+    path = Path(job.out_dir) / "llmframe.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != made:
+            changed = (", ".join(k for k in made if not before or before.get(k) != made[k])
+                       if isinstance(before, dict) else "unreadable")
+            msg = (f"llmframe.ray: output={job.out_dir!r} holds results made with other "
+                   f"options ({changed}): give another directory, or delete it")
+            raise ConfigError(msg)
+    else:
+        path.write_text(json.dumps(made))
+
+
+def _done(out_dir: str | None, key: str, unique: bool = True) -> pl.DataFrame | None:
     """The results already in ``out_dir`` (one per ``key``), or None."""
     if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
         return None
-    done = pl.read_parquet(str(Path(out_dir) / "part-*.parquet"))
-    return done.unique(subset=key, keep="first", maintain_order=True)
+    try:
+        done = pl.read_parquet(str(Path(out_dir) / "part-*.parquet"))
+    except Exception as exc:  # a foreign or broken file: polars' own error types
+        msg = (f"llmframe.ray: output={out_dir!r}: cannot read its part files ({exc}); "
+               "give another directory, or remove the broken file")
+        raise ConfigError(msg) from None
+    if key not in done.columns:
+        msg = (f"llmframe.ray: output={out_dir!r} holds part files llmframe did not write "
+               f"(no {key!r} column): give another directory")
+        raise ConfigError(msg)
+    return done.unique(subset=key, keep="first", maintain_order=True) if unique else done
 
 
 @dataclasses.dataclass
@@ -199,10 +266,19 @@ class _Map:
         if job.column not in names:
             msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
             raise ConfigError(msg)
-        taken = names & {job.response, job.error}
+        from .functions import _METADATA
+
+        taken = names & {job.response, job.error, *((*_METADATA, "node") if job.metadata
+                                                     else ())}
         if taken:
             msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: "
-                   "pass response_column=/error_column= names that are free")
+                   "pass response_column=/error_column= names that are free, or rename it")
+            raise ConfigError(msg)
+        kind = ds.schema().types[ds.schema().names.index(job.column)]
+        if not (str(kind) in ("string", "large_string", "null")
+                or "string" in str(kind).lower()):
+            msg = (f"the prompt column {job.column!r} must hold strings, got {kind}; cast "
+                   "it first")
             raise ConfigError(msg)
         import warnings
 
@@ -225,11 +301,22 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     job, ray = run.job, run.ray
     _prompts(df, job.column)  # a missing or non-string column: before anything runs
     _check_collisions(df, job.response, job.error, job.metadata)
+    for name in (_ROW, *(("node",) if job.metadata else ())):
+        if name in df.columns:
+            msg = f"the frame already has a column named {name!r}: rename it first"
+            raise ConfigError(msg)
+    _manifest(job, _ROW)
     table = df.with_row_index(_ROW)
     done = _done(job.out_dir, _ROW)
     if done is not None:
+        done = _same_rows(done, table, job)
         table = table.filter(~pl.col(_ROW).is_in(done[_ROW].implode()))
     parts = [] if done is None else [done]
+    if not parts and not table.height:  # an empty frame: its columns, nothing to send
+        from .functions import _Collected, _frame_out
+
+        return _frame_out(df, _Collected(0, job.config.schema), output=job.response,
+                          error=job.error, metadata=job.metadata)
     if table.height:
         arrow = table.to_arrow()
         blocks = [arrow.slice(i, run.batch_size) for i in range(0, len(arrow), run.batch_size)]
@@ -239,18 +326,46 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
         new = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
         assert isinstance(new, pl.DataFrame)
         parts.append(new)
-    out = pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
-    return out.sort(_ROW).drop(_ROW)
+    made = [c for c in parts[0].columns if c == _ROW or c not in df.columns]
+    results = pl.concat([p.select(made) for p in parts], how="vertical_relaxed")
+    out = df.with_row_index(_ROW).join(results, on=_ROW, how="left", maintain_order="left")
+    return out.drop(_ROW)
+
+
+def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: _Job) -> pl.DataFrame:
+    """The results in ``output`` DIR must be this frame's: same row count at most, and the
+    same prompt at each position; else a ConfigError (another frame's DIR)."""
+    where = f"llmframe.ray: output={job.out_dir!r}"
+    beyond = done.filter(pl.col(_ROW) >= table.height)
+    if beyond.height:
+        msg = (f"{where} holds results for rows up to {int(done[_ROW].max()):,}, but the "
+               f"frame has {table.height:,}: it was written for another frame; give "
+               "another directory, or delete it")
+        raise ConfigError(msg)
+    mine = table.select(_ROW, pl.col(job.column).alias("__now"))
+    joined = done.select(_ROW, job.column).join(mine, on=_ROW, how="left")
+    differ = joined.filter(pl.col(job.column).ne_missing(pl.col("__now")))
+    if differ.height:
+        msg = (f"{where} holds results for other prompts (row {int(differ[_ROW][0])} "
+               "differs): it was written for another frame; give another directory, or "
+               "delete it")
+        raise ConfigError(msg)
+    return done
 
 
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     job = run.job
     if job.out_dir is None:
         return run(ds)
-    if id_column is None or id_column not in ds.schema().names:
+    if id_column is None:
         msg = ("llmframe.ray: output= with a Dataset needs id_column= (a column that names "
                "each row, to know on a rerun which rows have a result)")
         raise ConfigError(msg)
+    names = ds.schema().names
+    if id_column not in names:
+        msg = f"llmframe.ray: id_column {id_column!r} not found; the dataset has {names}"
+        raise ConfigError(msg)
+    _manifest(job, id_column)
     done = _done(job.out_dir, id_column)
     if done is None:
         return run(ds)

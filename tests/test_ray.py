@@ -185,3 +185,43 @@ def test_cli_ray_writes_the_same_files_and_resumes(cluster, mock_server, tmp_pat
                    timeout=240)
     assert proc.returncode == 1 and srv.counts["requests"] == 149
     assert len(read_jsonl(tmp_path / "req.save.jsonl")) == 149
+
+
+def test_review_fixes_reruns_that_do_not_match_and_bad_inputs(cluster, mock_server, tmp_path):
+    srv = mock_server()
+    url = [srv.url]
+    out_dir = tmp_path / "d"
+    df = pl.DataFrame({"q": [f"a{i}" for i in range(30)]})
+    first = llmframe.ray.complete(df, "q", endpoints=url, output=out_dir, batch_size=10)
+    assert first["response"].to_list() == [f"echo: a{i}" for i in range(30)]
+    sent = srv.counts["requests"]
+    for other, says in [
+        (pl.DataFrame({"q": [f"b{i}" for i in range(30)]}), "other prompts"),
+        (df.head(10), "another frame"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            llmframe.ray.complete(other, "q", endpoints=url, output=out_dir)
+    with pytest.raises(ConfigError, match="other options"):
+        llmframe.ray.complete(df, "q", endpoints=url, output=out_dir, metadata=True)
+    # the same frame with a new column: that column is the output's, the answers are kept
+    again = llmframe.ray.complete(df.with_columns(j=pl.lit(1)), "q", endpoints=url,
+                                  output=out_dir)
+    assert again.columns == ["q", "j", "response", "error"] and srv.counts["requests"] == sent
+    assert again["response"].to_list() == first["response"].to_list()
+    empty = llmframe.ray.complete(df.clear(), "q", endpoints=url)
+    assert empty.columns == ["q", "response", "error"] and empty.height == 0
+    for kwargs, says in [({"response_column": "x", "error_column": "x"}, "both"),
+                         ({"budget": 1.0}, "budget")]:
+        with pytest.raises(ConfigError, match=says):
+            llmframe.ray.complete(df, "q", endpoints=url, **kwargs)
+    with pytest.raises(ConfigError, match="node"):
+        llmframe.ray.complete(df.with_columns(node=pl.lit("x")), "q", endpoints=url,
+                              metadata=True)
+    for data, says in [(df.lazy(), "collect"), ([1, 2], "DataFrame or a ray.data.Dataset")]:
+        with pytest.raises(ConfigError, match=says):
+            llmframe.ray.complete(data, "q", endpoints=url)
+    ds = ray.data.from_items([{"q": f"d{i}", "k": i % 3} for i in range(9)])
+    with pytest.raises(ConfigError, match="'nope' not found"):
+        llmframe.ray.complete(ds, "q", endpoints=url, output=tmp_path / "e", id_column="nope")
+    with pytest.raises(ConfigError, match="must hold strings"):
+        llmframe.ray.complete(ds, "k", endpoints=url)
