@@ -314,14 +314,14 @@ def _number(text: str, key: str, where: str) -> float:
     return int(value) if key in ("max_concurrency", "concurrency") and value.is_integer() else value
 
 
-_PROXY_PASSWORD = re.compile(r"(proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*):[^@]*@")
+_PROXY_PASSWORD = re.compile(r"(proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*):([^@]*)@")
 
 
 def _check_proxy_commas(spec: str, where: str) -> None:
     """A comma in a proxy password would split the spec there: refuse it first, before a
     part of the password is read as another key."""
-    for match in re.finditer(r"proxy=(?:[a-zA-Z0-9+.-]+://)?[^:@,/]*:([^@]*)@", spec):
-        if "," in match.group(1):
+    for match in _PROXY_PASSWORD.finditer(spec):
+        if "," in match.group(2):
             msg = f"{where}: a comma in a proxy password: write it %2C"
             raise ConfigError(msg)
 

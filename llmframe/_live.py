@@ -60,9 +60,9 @@ class LiveRows:
 class _Batch:
     __slots__ = ("future", "left", "results")
 
-    def __init__(self, n: int) -> None:
-        self.results: list[Result | None] = [None] * n
-        self.left = n
+    def __init__(self, size: int, left: int) -> None:
+        self.results: list[Result | None] = [None] * size  # by the rows' own indexes
+        self.left = left
         self.future: Future[list[Result | None]] = Future()
 
 
@@ -136,15 +136,12 @@ class LiveEngine:
         their results in index order (None for an index not given). Thread-safe."""
         if self._failure is not None:
             raise self._failure
-        batch = _Batch(len(rows))
         if not rows:
             return []
+        batch = _Batch(max(r[0] for r in rows) + 1, len(rows))
         with self._lock:
             number = next(self._numbers)
             self._batches[number] = batch
-        size = max(r[0] for r in rows) + 1
-        batch.results = [None] * size
-        batch.left = len(rows)
         tagged = [(number * _SPAN + i, payload, reason) for i, payload, reason in rows]
         self._loop.call_soon_threadsafe(self.rows.put, tagged)
         return batch.future.result()
