@@ -234,7 +234,7 @@ def _manifest(job: _Job, key: str) -> None:
         path.write_text(json.dumps(made))
 
 
-def _done(out_dir: str | None, key: str, unique: bool = True) -> pl.DataFrame | None:
+def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
     """The results already in ``out_dir`` (one per ``key``), or None."""
     if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
         return None
@@ -248,7 +248,7 @@ def _done(out_dir: str | None, key: str, unique: bool = True) -> pl.DataFrame | 
         msg = (f"llmframe.ray: output={out_dir!r} holds part files llmframe did not write "
                f"(no {key!r} column): give another directory")
         raise ConfigError(msg)
-    return done.unique(subset=key, keep="first", maintain_order=True) if unique else done
+    return done.unique(subset=key, keep="first", maintain_order=True)
 
 
 @dataclasses.dataclass
@@ -261,7 +261,8 @@ class _Map:
     num_cpus: float
 
     def __call__(self, ds: Any) -> Any:
-        names = set(ds.schema().names)
+        schema = ds.schema()
+        names = set(schema.names)
         job = self.job
         if job.column not in names:
             msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
@@ -274,9 +275,8 @@ class _Map:
             msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: "
                    "pass response_column=/error_column= names that are free, or rename it")
             raise ConfigError(msg)
-        kind = ds.schema().types[ds.schema().names.index(job.column)]
-        if not (str(kind) in ("string", "large_string", "null")
-                or "string" in str(kind).lower()):
+        kind = str(schema.types[schema.names.index(job.column)])
+        if "string" not in kind and kind != "null":  # string, large_string, string_view
             msg = (f"the prompt column {job.column!r} must hold strings, got {kind}; cast "
                    "it first")
             raise ConfigError(msg)
