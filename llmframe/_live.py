@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+from . import _signals as signals
 from ._config import RunConfig
 from ._engine import RunControl, stream_results
 from ._results import Result, Row, RunStats
@@ -25,6 +28,8 @@ from ._runner import new_event_loop
 
 __all__ = ["LiveEngine", "LiveRows"]
 
+log = logging.getLogger("llmframe")
+Exchange = Callable[[dict[int, signals.Signal]], Awaitable[dict[int, signals.Signal]]]
 _SPAN = 1 << 32  # row indexes of one batch: batch number * _SPAN + the row's own index
 
 
@@ -68,7 +73,10 @@ class _Batch:
 
 class LiveEngine:
     """One engine for many batches. ``pacer``: an object with ``async acquire()`` that
-    replaces the run's own rps pacing (a cluster-wide lease, say).
+    replaces the run's own rps pacing (a cluster-wide lease, say). ``share``: this
+    engine's part of the limits learned from rate-limit headers (1/N of N engines).
+    ``exchange``: ``async (news) -> board``, trades endpoint signals (``_signals``) with
+    the other engines of the job every ``PERIOD`` seconds.
 
     >>> from llmframe.testing import MockServer
     >>> with MockServer() as srv:
@@ -80,8 +88,11 @@ class LiveEngine:
     """
 
     def __init__(self, config: RunConfig, pacer: Any = None,
-                 on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
+                 on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None, *,
+                 share: float = 1.0, exchange: Exchange | None = None) -> None:
         self.config = config
+        self.share = share
+        self._exchange = exchange
         self.stats = RunStats()
         self.rows = LiveRows()
         self._batches: dict[int, _Batch] = {}
@@ -113,10 +124,15 @@ class LiveEngine:
             self._loop.close()
 
     async def _main(self) -> None:
-        control = _Control(self._pacer)
-        async for _ in stream_results(self.rows, self.config, self.stats, control=control,
-                                      on_result=self._settle):
-            pass
+        control = _Control(self._pacer, self._exchange)
+        await control.first()  # what the other engines know, before the first request
+        try:
+            async for _ in stream_results(self.rows, self.config, self.stats,
+                                          control=control, on_result=self._settle,
+                                          share=self.share):
+                pass
+        finally:
+            control.close()
 
     def _settle(self, result: Result) -> None:
         number, index = divmod(result.index, _SPAN)
@@ -154,13 +170,51 @@ class LiveEngine:
 
 
 class _Control(RunControl):
-    """Puts a cluster-wide pacer in place of the run's own."""
+    """Puts a cluster-wide pacer in place of the run's own, and trades endpoint signals."""
 
-    def __init__(self, pacer: Any) -> None:
+    def __init__(self, pacer: Any, exchange: Exchange | None) -> None:
         super().__init__()
         self.pacer = pacer
+        self.exchange = exchange
+        self.task: asyncio.Task[None] | None = None
+        self.board: dict[int, signals.Signal] = {}
+        self.offset = 0.0  # wall clock minus the loop's
+        self.warned = False
+
+    async def first(self) -> None:
+        if self.exchange is not None:
+            self.offset = time.time() - asyncio.get_running_loop().time()
+            await self._swap({})
 
     def _attach(self, dispatcher: Any) -> None:
         super()._attach(dispatcher)
         if self.pacer is not None:
             dispatcher.pacer = self.pacer
+        if self.exchange is not None:
+            loop = asyncio.get_running_loop()
+            signals.apply(dispatcher.pool, self.board, loop.time(), self.offset)
+            self.task = loop.create_task(self._trade(dispatcher.pool))
+
+    async def _trade(self, pool: Any) -> None:
+        """Every ``PERIOD``: tell the board this engine's signals, take the others'."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(signals.PERIOD)
+            if await self._swap(signals.read(pool, loop.time(), self.offset)):
+                signals.apply(pool, self.board, loop.time(), self.offset)
+
+    async def _swap(self, news: dict[int, signals.Signal]) -> bool:
+        assert self.exchange is not None
+        try:
+            self.board = await self.exchange(news)
+        except Exception as exc:  # the board is gone: carry on alone
+            if not self.warned:
+                self.warned = True
+                log.warning("llmframe: cannot share endpoint signals (%s: %s)",
+                            type(exc).__name__, exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,8 @@ import polars as pl
 
 from ._config import RunConfig, run_config
 from ._exceptions import ConfigError
-from ._lease import SLICE, LeaseBook, LeasedPacer
+from ._lease import SLICE
+from ._ray_actor import Completer, Hub, Job
 
 __all__ = ["complete"]
 
@@ -52,78 +51,6 @@ def _ray() -> Any:
         msg = ('llmframe.ray needs Ray Data: pip install "llmframe[ray]" (or "ray[data]")')
         raise ImportError(msg) from None
     return ray
-
-
-class _Limiter:
-    """The job's request rate (a Ray actor): ``grant(want)`` -> ``(tokens, wait)``."""
-
-    def __init__(self, rps: float) -> None:
-        self.book = LeaseBook(rps)
-
-    def grant(self, want: int) -> tuple[int, float]:
-        return self.book.grant(want, time.monotonic())
-
-
-@dataclasses.dataclass(frozen=True)
-class _Job:
-    """What every actor needs to know (pickled into each)."""
-
-    column: str
-    config: RunConfig
-    limiter: Any
-    want: int
-    response: str
-    error: str
-    metadata: bool
-    out_dir: str | None
-
-
-class _Completer:
-    """The ``map_batches`` callable class: one engine for the actor's life."""
-
-    def __init__(self, job: _Job) -> None:
-        import ray
-
-        from ._live import LiveEngine
-
-        self.job = job
-        self.node = ray.get_runtime_context().get_node_id()
-        pacer = None
-        if job.limiter is not None:
-            limiter = job.limiter
-
-            async def lease(n: int) -> tuple[int, float]:
-                return await limiter.grant.remote(n)
-            pacer = LeasedPacer(lease, want=job.want)
-        self.engine = LiveEngine(job.config, pacer)
-
-    def __call__(self, batch: Any) -> Any:
-        from . import functions as f
-
-        job = self.job
-        df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
-        series = f._prompts(df, job.column)
-        out = f._Collected(len(df), job.config.schema)
-        rows = list(f._rows(series, max(len(series), 1), job.config.api))
-        for result in self.engine.run(rows):
-            if result is not None:
-                out.put(result)
-        frame = f._frame_out(df, out, output=job.response, error=job.error,
-                             metadata=job.metadata)
-        if job.metadata:
-            frame = frame.with_columns(pl.lit(self.node, dtype=pl.String).alias("node"))
-        if job.out_dir is not None:  # this block's results, whole or not at all
-            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
-            tmp = part.with_suffix(".tmp")
-            frame.write_parquet(tmp)
-            os.replace(tmp, part)
-        return frame.to_arrow()
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.close()
 
 
 def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
@@ -156,16 +83,15 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     out_dir = None if output is None else _output_dir(output)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
-    limiter = None
-    if config.rps:
-        limiter = ray.remote(num_cpus=0)(_Limiter).remote(config.rps)
+    # the job's hub: its rps leases and the endpoints' signals (pauses, cooldowns, outs)
+    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps)
     from ._workers import shard_config
 
     # every actor's share of the limits (endpoints' rps/rpm/tpm/concurrency, tpm); the
     # job's rps is leased instead
     share = dataclasses.replace(shard_config(config, actors), rps=None)
-    job = _Job(column, share, limiter, max(1, math.ceil((config.rps or 0) * SLICE / actors)),
-               response_column, error_column, metadata, out_dir)
+    job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / actors),
+              response_column, error_column, metadata, out_dir, actors)
     run = _Map(ray, job, actors, batch_size, max_concurrency, num_cpus)
     if isinstance(data, pl.DataFrame):
         return _complete_frame(run, data)
@@ -207,7 +133,7 @@ def _output_dir(output: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def _manifest(job: _Job, key: str) -> None:
+def _manifest(job: Job, key: str) -> None:
     """``DIR/llmframe.json`` says how the results there were made; a rerun with other
     options would mix two kinds of rows: refused."""
     import json
@@ -254,7 +180,7 @@ def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
 @dataclasses.dataclass
 class _Map:
     ray: Any
-    job: _Job
+    job: Job
     actors: int
     batch_size: int
     max_concurrency: int
@@ -290,7 +216,7 @@ class _Map:
         with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             return ds.map_batches(
-                _Completer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
+                Completer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
                 batch_size=self.batch_size, compute=compute, num_cpus=self.num_cpus,
                 scheduling_strategy="SPREAD")
 
@@ -332,7 +258,7 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     return out.drop(_ROW)
 
 
-def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: _Job) -> pl.DataFrame:
+def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: Job) -> pl.DataFrame:
     """The results in ``output`` DIR must be this frame's: same row count at most, and the
     same prompt at each position; else a ConfigError (another frame's DIR)."""
     where = f"llmframe.ray: output={job.out_dir!r}"

@@ -60,6 +60,21 @@ def test_the_global_rps_holds_at_the_servers_clock(cluster, mock_server):
     assert statistics.median(counts[1:-1]) >= 0.75 * rps, counts  # and near it
 
 
+def test_an_endpoint_one_actor_finds_out_is_out_for_the_others(cluster, mock_server):
+    # A's first answer: a 429 asking for a day (a spent quota). The actor that gets it
+    # takes A out; through the hub the other actor does too, within ~0.1 s, so A sees
+    # few requests after it (alone, the other actor would send it half its rows)
+    a = mock_server(script=["429"], retry_after=86400)
+    b = mock_server()
+    n, rps = 1000, 400
+    df = pl.DataFrame({"q": [f"o{i}" for i in range(n)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[a.url, b.url], rps=rps, actors=2,
+                                batch_size=50, max_retry_after=60)
+    assert out["error"].null_count() == n
+    assert out["response"].to_list() == [f"echo: o{i}" for i in range(n)]
+    assert a.counts["requests"] <= 0.1 * n, (a.counts, b.counts)
+
+
 def test_a_dataset_in_gives_a_lazy_dataset_out(cluster, mock_server):
     srv = mock_server()
     ds = ray.data.from_items([{"q": f"d{i}", "k": i} for i in range(300)])

@@ -1,0 +1,103 @@
+"""The actor side of ``llmframe.ray``: the job's hub and the ``map_batches`` class.
+
+Kept apart from ``llmframe.ray`` (the driver side) so an actor imports only what it runs.
+Ray is imported lazily: this module loads without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ._config import RunConfig
+from ._lease import LeaseBook, LeasedPacer
+from ._signals import Board, Signal
+
+__all__ = ["Completer", "Hub", "Job"]
+
+
+class Hub:
+    """What the job's actors share (a Ray actor): the rps leases, ``grant(want)`` ->
+    ``(tokens, wait)``, and the endpoints' signals, ``swap(news)`` -> the board."""
+
+    def __init__(self, rps: float | None) -> None:
+        self.book = None if rps is None else LeaseBook(rps)
+        self.board = Board()
+
+    def grant(self, want: int) -> tuple[int, float]:
+        assert self.book is not None
+        return self.book.grant(want, time.monotonic())
+
+    def swap(self, news: dict[int, Signal]) -> dict[int, Signal]:
+        return self.board.merge(news)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What every actor needs to know (pickled into each)."""
+
+    column: str
+    config: RunConfig
+    hub: Any  # the Hub actor's handle
+    want: int  # rps tokens leased at a time (a slice's worth of this actor's share)
+    response: str
+    error: str
+    metadata: bool
+    out_dir: str | None
+    actors: int
+
+
+class Completer:
+    """The ``map_batches`` callable class: one engine for the actor's life."""
+
+    def __init__(self, job: Job) -> None:
+        import ray
+
+        from ._live import LiveEngine
+
+        self.job = job
+        self.node = ray.get_runtime_context().get_node_id()
+        hub = job.hub
+
+        async def lease(n: int) -> tuple[int, float]:
+            return await hub.grant.remote(n)
+
+        async def exchange(news: dict[int, Signal]) -> dict[int, Signal]:
+            return await hub.swap.remote(news)
+
+        pacer = LeasedPacer(lease, want=job.want) if job.want else None
+        self.engine = LiveEngine(job.config, pacer, share=1 / job.actors, exchange=exchange)
+
+    def __call__(self, batch: Any) -> Any:
+        from . import functions as f
+
+        job = self.job
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        series = f._prompts(df, job.column)
+        out = f._Collected(len(df), job.config.schema)
+        rows = list(f._rows(series, max(len(series), 1), job.config.api))
+        for result in self.engine.run(rows):
+            if result is not None:
+                out.put(result)
+        frame = f._frame_out(df, out, output=job.response, error=job.error,
+                             metadata=job.metadata)
+        if job.metadata:
+            frame = frame.with_columns(pl.lit(self.node, dtype=pl.String).alias("node"))
+        if job.out_dir is not None:  # this block's results, whole or not at all
+            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
+            tmp = part.with_suffix(".tmp")
+            frame.write_parquet(tmp)
+            os.replace(tmp, part)
+        return frame.to_arrow()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()

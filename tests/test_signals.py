@@ -1,0 +1,99 @@
+"""Endpoint signals shared between engines (``_signals``): what one engine learns about an
+endpoint (out, paused, cooling down) reaches another, which then keeps off it. Two
+``LiveEngine``s in one process trade through one ``Board``, as Ray actors do through the
+job's hub; the endpoints are the test server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+
+from llmframe import RunConfig
+from llmframe._live import LiveEngine
+from llmframe._signals import Board
+
+
+def _engines(config: RunConfig, n: int = 2) -> tuple[list[LiveEngine], Board]:
+    board = Board()
+
+    async def exchange(news):
+        return board.merge(news)
+
+    return [LiveEngine(config, share=1 / n, exchange=exchange) for _ in range(n)], board
+
+
+def _rows(prefix: str, n: int) -> list:
+    return [(i, {"input": f"{prefix}{i}"}, None) for i in range(n)]
+
+
+def _run(engine: LiveEngine, rows: list) -> list:
+    out = engine.run(rows)
+    assert all(r is not None and r.error is None for r in out), out
+    return out
+
+
+def test_an_endpoint_out_for_one_engine_is_out_for_the_other(mock_server):
+    # a spent daily quota at A: its first answer asks for 86400 s (past max_retry_after)
+    a = mock_server(script=["429"], retry_after=86400)
+    b = mock_server()
+    config = RunConfig([a.url, b.url], max_retry_after=60)
+    (one, two), board = _engines(config)
+    try:
+        _run(one, _rows("x", 20))
+        assert board.signals[0][3] > time.time() + 80000  # A out for a day, on the board
+        seen = a.counts["requests"]
+        out = _run(two, _rows("y", 200))  # a new engine: never talked to A
+        assert a.counts["requests"] == seen  # nothing more to A
+        assert b.counts["requests"] >= 200 and [r.response for r in out][:2] == [
+            "echo: y0", "echo: y1"]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_paused_endpoint_is_paused_for_the_other_engine(mock_server):
+    # A refuses everything (429, Retry-After 5): once refusals dominate, it is paused
+    a = mock_server(faults={"429": 1.0}, retry_after=5)
+    b = mock_server()
+    config = RunConfig([a.url, b.url], max_attempts=10)
+    (one, two), board = _engines(config)
+    try:
+        _run(one, _rows("x", 60))
+        assert board.signals[0][0] > 0  # A paused, on the board
+        seen = a.counts["requests"]
+        _run(two, _rows("y", 200))
+        assert a.counts["requests"] == seen
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_broken_endpoint_cools_down_for_the_other_engine(mock_server):
+    a = mock_server(faults={"500": 1.0})
+    b = mock_server()
+    config = RunConfig([a.url, b.url], max_attempts=10)
+    (one, two), board = _engines(config)
+    try:
+        _run(one, _rows("x", 40))
+        assert board.signals[0][1] > 0  # A cooling down, on the board
+        seen = a.counts["requests"]
+        _run(two, _rows("y", 200))
+        assert a.counts["requests"] == seen
+    finally:
+        one.close()
+        two.close()
+
+
+def test_without_a_board_the_other_engine_finds_out_for_itself(mock_server):
+    # the control: the same out endpoint, engines not sharing: the second one sends to A
+    a = mock_server(script=["429"], retry_after=86400)
+    b = mock_server()
+    config = RunConfig([a.url, b.url], max_retry_after=60)
+    one, two = LiveEngine(config), LiveEngine(config)
+    try:
+        _run(one, _rows("x", 20))
+        seen = a.counts["requests"]
+        _run(two, _rows("y", 200))
+        assert a.counts["requests"] > seen
+    finally:
+        one.close()
+        two.close()
