@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import UsageProblem
+import polars as pl
+
+from ._cli_common import EXIT_BUDGET, EXIT_OK, EXIT_ROW_ERRORS, UsageProblem
 from ._config import Endpoint
-from ._exceptions import ConfigError
+from ._exceptions import BudgetReached, ConfigError
+from ._results import NOT_SENT
 
 __all__ = ["run_on_ray"]
 
@@ -57,7 +60,8 @@ def _quiet(ray: Any) -> None:
 def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *,
                address: str, save: Path, errors: Path, resume: bool, overwrite: bool,
                echo: Any) -> int:
-    """Run ``path`` on Ray; returns the exit code (0 all answered, 1 some errors)."""
+    """Run ``path`` on Ray; returns the exit code (0 all answered, 1 some errors, 3 the
+    budget stopped it)."""
     from . import ray as llm_ray
     from ._frame_io import read_jsonl, write_results
 
@@ -87,12 +91,21 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
         raise ConfigError(f"{path}: {exc}") from None
     started = time.monotonic()
     column = "request" if api == "raw" else "input"
-    out = llm_ray.complete(frame, column, endpoints=endpoints, output=parts,
-                           metadata=True, **options)
+    stopped = None
+    try:
+        out = llm_ray.complete(frame, column, endpoints=endpoints, output=parts,
+                               metadata=True, **options)
+    except BudgetReached as exc:  # the rows not sent have no result: --resume sends them
+        stopped = exc
+        out = exc.partial.filter(pl.col("error").ne_missing(NOT_SENT))
     saved, failed = write_results(out, save, errors, api=api)
     seconds = time.monotonic() - started
     echo(f"done on Ray: {saved + failed:,} rows in {seconds:.1f} s: {saved:,} ok, "
          f"{failed:,} errors (nodes: {out['node'].drop_nulls().n_unique()})\n"
          f"  answers: {save}  ({saved:,} lines)\n  errors:  {errors}  ({failed:,} lines)\n"
          f"  blocks:  {parts}/ (kept for --resume)")
-    return 1 if failed else 0
+    if stopped is not None:
+        echo(f"llmframe: stopped by the budget (${stopped.spent:.4f} spent by the job): "
+             f"{stopped.not_sent:,} rows not sent; rerun with --resume and a larger --budget")
+        return EXIT_BUDGET
+    return EXIT_ROW_ERRORS if failed else EXIT_OK

@@ -272,7 +272,8 @@ class Dispatcher:
                 target = await self._wait_for_target(job, loop)
             if target is None or gate.budget is None or gate.afford(job, target.endpoint):
                 return target
-            if not gate.budget.in_flight:  # type: ignore[union-attr]  # nothing will settle
+            budget = gate.budget
+            if not budget.in_flight and not budget.asking:  # nothing will settle or come
                 self.stop(by="budget")
                 return None
             await self._sleep()  # answers in flight settle for less than reserved

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import threading
@@ -23,7 +24,8 @@ from typing import Any
 from . import _signals as signals
 from ._config import RunConfig
 from ._engine import RunControl, stream_results
-from ._results import Result, Row, RunStats
+from ._meter import Budget
+from ._results import NOT_SENT, Result, Row, RunStats
 from ._runner import new_event_loop
 
 __all__ = ["LiveEngine", "LiveRows"]
@@ -38,23 +40,32 @@ class LiveRows:
     returns None while the source is ``open`` and empty (the feed then waits for a wake),
     and the run ends once it is closed and drained. Use it from the run's loop only."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: RunStats | None = None) -> None:
         self.rows: collections.deque[Row] = collections.deque()
-        self.open = True
+        self._open = True
+        self.stats = stats  # a run stopped (by the budget) takes no more rows
         self.feed: Any = None  # set by the feed that reads it: its wake() is rung on put
+
+    @property
+    def open(self) -> bool:
+        return self._open and (self.stats is None or self.stats.stopped_by is None)
 
     def __iter__(self) -> Iterator[Row]:
         return self
 
     def __next__(self) -> Row | None:  # type: ignore[override]
-        return self.rows.popleft() if self.rows else None
+        if self.rows:
+            return self.rows.popleft()
+        if not self.open:
+            raise StopIteration
+        return None
 
     def put(self, rows: list[Row]) -> None:
         self.rows.extend(rows)
         self._wake()
 
     def close(self) -> None:
-        self.open = False
+        self._open = False
         self._wake()
 
     def _wake(self) -> None:
@@ -63,12 +74,22 @@ class LiveRows:
 
 
 class _Batch:
-    __slots__ = ("future", "left", "results")
+    __slots__ = ("future", "left", "results", "rows")
 
-    def __init__(self, size: int, left: int) -> None:
-        self.results: list[Result | None] = [None] * size  # by the rows' own indexes
-        self.left = left
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.results: list[Result | None] = [None] * (max(r[0] for r in rows) + 1)
+        self.left = len(rows)
         self.future: Future[list[Result | None]] = Future()
+
+    def unsent(self, why: str) -> None:
+        """Give every row without a result the error ``why``, and hand the batch back."""
+        for index, payload, _ in self.rows:
+            if self.results[index] is None:
+                self.results[index] = Result(index, payload, error=why,
+                                             error_type="not_sent")
+        if not self.future.done():
+            self.future.set_result(self.results)
 
 
 class LiveEngine:
@@ -89,12 +110,15 @@ class LiveEngine:
 
     def __init__(self, config: RunConfig, pacer: Any = None,
                  on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None, *,
-                 share: float = 1.0, exchange: Exchange | None = None) -> None:
+                 share: float = 1.0, exchange: Exchange | None = None,
+                 budget: Budget | None = None) -> None:
         self.config = config
         self.share = share
         self._exchange = exchange
+        self._budget = budget
         self.stats = RunStats()
-        self.rows = LiveRows()
+        self.rows = LiveRows(self.stats)
+        self._ended: str | None = None  # why rows given now get no request
         self._batches: dict[int, _Batch] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
@@ -124,7 +148,7 @@ class LiveEngine:
             self._loop.close()
 
     async def _main(self) -> None:
-        control = _Control(self._pacer, self._exchange)
+        control = _Control(self._pacer, self._exchange, self._budget)
         await control.first()  # what the other engines know, before the first request
         try:
             async for _ in stream_results(self.rows, self.config, self.stats,
@@ -133,6 +157,14 @@ class LiveEngine:
                 pass
         finally:
             control.close()
+        # the run ended (the budget stopped it, or close()): rows without a result, now or
+        # later, are not sent
+        why = NOT_SENT if self.stats.stopped_by == "budget" else "not sent: engine closed"
+        with self._lock:
+            self._ended = why
+            batches, self._batches = list(self._batches.values()), {}
+        for batch in batches:
+            batch.unsent(why)
 
     def _settle(self, result: Result) -> None:
         number, index = divmod(result.index, _SPAN)
@@ -154,12 +186,16 @@ class LiveEngine:
             raise self._failure
         if not rows:
             return []
-        batch = _Batch(max(r[0] for r in rows) + 1, len(rows))
+        batch = _Batch(rows)
         with self._lock:
+            if self._ended is not None:
+                batch.unsent(self._ended)
+                return batch.future.result()
             number = next(self._numbers)
             self._batches[number] = batch
         tagged = [(number * _SPAN + i, payload, reason) for i, payload, reason in rows]
-        self._loop.call_soon_threadsafe(self.rows.put, tagged)
+        with contextlib.suppress(RuntimeError):  # the loop just closed: settled as unsent
+            self._loop.call_soon_threadsafe(self.rows.put, tagged)
         return batch.future.result()
 
     def close(self) -> None:
@@ -172,9 +208,10 @@ class LiveEngine:
 class _Control(RunControl):
     """Puts a cluster-wide pacer in place of the run's own, and trades endpoint signals."""
 
-    def __init__(self, pacer: Any, exchange: Exchange | None) -> None:
+    def __init__(self, pacer: Any, exchange: Exchange | None, budget: Budget | None) -> None:
         super().__init__()
         self.pacer = pacer
+        self.budget = budget
         self.exchange = exchange
         self.task: asyncio.Task[None] | None = None
         self.board: dict[int, signals.Signal] = {}
@@ -190,6 +227,9 @@ class _Control(RunControl):
         super()._attach(dispatcher)
         if self.pacer is not None:
             dispatcher.pacer = self.pacer
+        if self.budget is not None:  # a budget shared with other engines (_purse)
+            dispatcher.gate.budget = self.budget
+            self.budget.wake = dispatcher.wake
         if self.exchange is not None:
             loop = asyncio.get_running_loop()
             signals.apply(dispatcher.pool, self.board, loop.time(), self.offset)

@@ -164,6 +164,7 @@ class Budget:
     """
 
     __slots__ = ("in_flight", "limit", "reserved", "spent")
+    asking = False  # more may come (a budget shared between processes: _purse)
 
     def __init__(self, limit: float) -> None:
         self.limit = limit

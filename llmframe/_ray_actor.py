@@ -17,18 +17,32 @@ import polars as pl
 
 from ._config import RunConfig
 from ._lease import LeaseBook, LeasedPacer
+from ._purse import Purse, SharedBudget
+from ._results import NOT_SENT
 from ._signals import Board, Signal
 
-__all__ = ["Completer", "Hub", "Job"]
+__all__ = ["COST", "Completer", "Hub", "Job"]
+
+COST = "__llmframe_cost"  # each row's cost (USD), for the job's budget; not shown
 
 
 class Hub:
     """What the job's actors share (a Ray actor): the rps leases, ``grant(want)`` ->
     ``(tokens, wait)``, and the endpoints' signals, ``swap(news)`` -> the board."""
 
-    def __init__(self, rps: float | None) -> None:
+    def __init__(self, rps: float | None, budget: float | None) -> None:
         self.book = None if rps is None else LeaseBook(rps)
         self.board = Board()
+        self.purse = None if budget is None else Purse(budget)
+
+    def draw(self, amount: float) -> float:
+        assert self.purse is not None
+        return self.purse.draw(amount)
+
+    def spent_before(self, amount: float) -> None:
+        """What the results already in ``output=`` cost: the budget is for the job."""
+        assert self.purse is not None
+        self.purse.given += amount
 
     def grant(self, want: int) -> tuple[int, float]:
         assert self.book is not None
@@ -51,6 +65,7 @@ class Job:
     metadata: bool
     out_dir: str | None
     actors: int
+    chunk: float  # of the budget, drawn at a time (0: no budget)
 
 
 class Completer:
@@ -71,8 +86,13 @@ class Completer:
         async def exchange(news: dict[int, Signal]) -> dict[int, Signal]:
             return await hub.swap.remote(news)
 
+        async def draw(amount: float) -> float:
+            return await hub.draw.remote(amount)
+
         pacer = LeasedPacer(lease, want=job.want) if job.want else None
-        self.engine = LiveEngine(job.config, pacer, share=1 / job.actors, exchange=exchange)
+        budget = SharedBudget(draw, chunk=job.chunk) if job.chunk else None
+        self.engine = LiveEngine(job.config, pacer, share=1 / job.actors, exchange=exchange,
+                                 budget=budget)
 
     def __call__(self, batch: Any) -> Any:
         from . import functions as f
@@ -83,17 +103,21 @@ class Completer:
         series = f._prompts(df, job.column)
         out = f._Collected(len(df), job.config.schema)
         rows = list(f._rows(series, max(len(series), 1), job.config.api))
+        cost: list[float | None] = [None] * len(df)
         for result in self.engine.run(rows):
             if result is not None:
                 out.put(result)
+                cost[result.index] = result.cost_usd
         frame = f._frame_out(df, out, output=job.response, error=job.error,
                              metadata=job.metadata)
         if job.metadata:
             frame = frame.with_columns(pl.lit(self.node, dtype=pl.String).alias("node"))
+        frame = frame.with_columns(pl.Series(COST, cost, dtype=pl.Float64))
         if job.out_dir is not None:  # this block's results, whole or not at all
             part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
             tmp = part.with_suffix(".tmp")
-            frame.write_parquet(tmp)
+            # a row the budget left unsent has no result: a rerun sends it
+            frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).write_parquet(tmp)
             os.replace(tmp, part)
         return frame.to_arrow()
 

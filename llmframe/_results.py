@@ -10,7 +10,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EndpointStats", "Result", "Row", "RunStats"]
+__all__ = ["NOT_SENT", "EndpointStats", "Result", "Row", "RunStats"]
+
+#: the error of a row a budget stopped the run before (it has no result: rerun it)
+NOT_SENT = "not sent: stopped by the budget"
 
 #: An input row: (index, payload, reason). ``reason`` is set for a line that could not even
 #: be read (not JSON, bad encoding); such a row becomes an error result without a request.

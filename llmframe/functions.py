@@ -27,7 +27,7 @@ from ._engine import stream_results
 from ._exceptions import ConfigError, Interrupted
 from ._files import budget_left, budget_reached
 from ._json import loads
-from ._results import Result, Row, RunStats
+from ._results import NOT_SENT, Result, Row, RunStats
 from ._runner import run_sync
 from ._summary import Progress, format_summary
 
@@ -42,7 +42,7 @@ _METADATA = {
     "raw_response": pl.String,
 }
 _last_partial: pl.DataFrame | None = None
-_NOT_SENT = "not sent: stopped by the budget"
+_NOT_SENT = NOT_SENT
 
 
 @dataclass

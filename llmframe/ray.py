@@ -36,11 +36,12 @@ import polars as pl
 from ._config import RunConfig, run_config
 from ._exceptions import ConfigError
 from ._lease import SLICE
-from ._ray_actor import Completer, Hub, Job
+from ._ray_actor import COST, Completer, Hub, Job
 
 __all__ = ["complete"]
 
 _ROW = "__llmframe_row"
+_DRAWS = 50  # an actor draws 1/50 of its share of the budget at a time
 
 
 def _ray() -> Any:
@@ -71,10 +72,9 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
     _check_input(ray, data, column, response_column, error_column, num_cpus)
-    for name in ("cache", "budget"):
-        if getattr(config, name):
-            msg = f"llmframe.ray: {name}= is not supported yet (run it without, or locally)"
-            raise ConfigError(msg)
+    if config.cache:
+        msg = "llmframe.ray: cache= is not supported yet (run it without, or locally)"
+        raise ConfigError(msg)
     for name, value in (("actors", actors), ("batch_size", batch_size),
                         ("max_concurrency", max_concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -83,15 +83,17 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     out_dir = None if output is None else _output_dir(output)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
-    # the job's hub: its rps leases and the endpoints' signals (pauses, cooldowns, outs)
-    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps)
+    # the job's hub: its rps leases, its budget and the endpoints' signals (pauses,
+    # cooldowns, outs)
+    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps, config.budget)
     from ._workers import shard_config
 
     # every actor's share of the limits (endpoints' rps/rpm/tpm/concurrency, tpm); the
     # job's rps is leased instead
     share = dataclasses.replace(shard_config(config, actors), rps=None)
     job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / actors),
-              response_column, error_column, metadata, out_dir, actors)
+              response_column, error_column, metadata, out_dir, actors,
+              (config.budget or 0.0) / (_DRAWS * actors))
     run = _Map(ray, job, actors, batch_size, max_concurrency, num_cpus)
     if isinstance(data, pl.DataFrame):
         return _complete_frame(run, data)
@@ -174,6 +176,8 @@ def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
         msg = (f"llmframe.ray: output={out_dir!r} holds part files llmframe did not write "
                f"(no {key!r} column): give another directory")
         raise ConfigError(msg)
+    if COST not in done.columns:  # written before costs were kept
+        done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias(COST))
     return done.unique(subset=key, keep="first", maintain_order=True)
 
 
@@ -195,7 +199,7 @@ class _Map:
             raise ConfigError(msg)
         from .functions import _METADATA
 
-        taken = names & {job.response, job.error, *((*_METADATA, "node") if job.metadata
+        taken = names & {job.response, job.error, COST, *((*_METADATA, "node") if job.metadata
                                                      else ())}
         if taken:
             msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: "
@@ -227,7 +231,7 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     job, ray = run.job, run.ray
     _prompts(df, job.column)  # a missing or non-string column: before anything runs
     _check_collisions(df, job.response, job.error, job.metadata)
-    for name in (_ROW, *(("node",) if job.metadata else ())):
+    for name in (_ROW, COST, *(("node",) if job.metadata else ())):
         if name in df.columns:
             msg = f"the frame already has a column named {name!r}: rename it first"
             raise ConfigError(msg)
@@ -237,6 +241,7 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     if done is not None:
         done = _same_rows(done, table, job)
         table = table.filter(~pl.col(_ROW).is_in(done[_ROW].implode()))
+    _spent_before(job, done)
     parts = [] if done is None else [done]
     if not parts and not table.height:  # an empty frame: its columns, nothing to send
         from .functions import _Collected, _frame_out
@@ -255,7 +260,32 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     made = [c for c in parts[0].columns if c == _ROW or c not in df.columns]
     results = pl.concat([p.select(made) for p in parts], how="vertical_relaxed")
     out = df.with_row_index(_ROW).join(results, on=_ROW, how="left", maintain_order="left")
-    return out.drop(_ROW)
+    return _budget_check(job, out.drop(_ROW))
+
+
+def _spent_before(job: Job, done: pl.DataFrame | None) -> None:
+    """The budget is for the whole job: what the results in ``output=`` cost counts."""
+    if job.chunk and done is not None:
+        import ray
+
+        ray.get(job.hub.spent_before.remote(float(done[COST].sum() or 0.0)))  # before draws
+
+
+def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
+    """A run the budget stopped raises BudgetReached with the frame (as df.llm.complete)."""
+    from ._exceptions import BudgetReached
+    from ._results import NOT_SENT
+
+    not_sent = int((out[job.error] == NOT_SENT).sum())
+    spent = float(out[COST].sum() or 0.0)
+    out = out.drop(COST)
+    if not not_sent:
+        return out
+    how = ("the same output= and a larger budget= (it sends only the rest)"
+           if job.out_dir is not None else
+           f"a larger budget= on the rows of exc.partial whose error is {NOT_SENT!r}")
+    msg = f"stopped by the budget: {not_sent:,} rows not sent; rerun with {how}"
+    raise BudgetReached(msg, out, not_sent=not_sent, spent=spent)
 
 
 def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: Job) -> pl.DataFrame:
@@ -282,7 +312,7 @@ def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: Job) -> pl.DataFram
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     job = run.job
     if job.out_dir is None:
-        return run(ds)
+        return run(ds).drop_columns([COST])
     if id_column is None:
         msg = ("llmframe.ray: output= with a Dataset needs id_column= (a column that names "
                "each row, to know on a rerun which rows have a result)")
@@ -294,7 +324,8 @@ def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     _manifest(job, id_column)
     done = _done(job.out_dir, id_column)
     if done is None:
-        return run(ds)
+        return run(ds).drop_columns([COST])
+    _spent_before(job, done)
     seen = set(done[id_column].to_list())
     todo = ds.filter(lambda row: row[id_column] not in seen)
-    return run(todo).union(run.ray.data.from_arrow(done.to_arrow()))
+    return run(todo).union(run.ray.data.from_arrow(done.to_arrow())).drop_columns([COST])

@@ -75,6 +75,36 @@ def test_an_endpoint_one_actor_finds_out_is_out_for_the_others(cluster, mock_ser
     assert a.counts["requests"] <= 0.1 * n, (a.counts, b.counts)
 
 
+def test_the_budget_is_for_the_whole_job_and_a_rerun_sends_the_rest(cluster, mock_server,
+                                                                      tmp_path):
+    # $0.001 a token; a request bills 9 + 4 tokens ($0.013), reserves at most $0.027
+    srv = mock_server(latency=0.01)
+    ep = {"url": srv.url, "price_in": 1000, "price_out": 1000}
+    n, budget = 300, 1.0
+    df = pl.DataFrame({"q": [f"q {i:03}" for i in range(n)]})
+    options = {"endpoints": [ep], "actors": 2, "batch_size": 20, "output": tmp_path / "o",
+               "params": {"max_tokens": 10}, "metadata": True}
+    with pytest.raises(llmframe.BudgetReached, match="stopped by the budget") as info:
+        llmframe.ray.complete(df, "q", budget=budget, **options)
+    partial = info.value.partial
+    answered = partial.filter(pl.col("error").is_null())
+    spent = answered["cost_usd"].sum()
+    # both actors together stay within the one budget (each alone would have had it all),
+    # and stop near it: what the actors held when the purse ran dry is all that is left
+    assert budget - 0.1 < spent <= budget and info.value.spent == pytest.approx(spent)
+    assert srv.counts["requests"] == answered.height
+    assert info.value.not_sent == n - answered.height > 0
+    assert set(partial["error"].drop_nulls()) == {"not sent: stopped by the budget"}
+    assert partial["q"].to_list() == df["q"].to_list()  # aligned
+    # the budget is for the job: the same budget again sends nothing more
+    with pytest.raises(llmframe.BudgetReached):
+        llmframe.ray.complete(df, "q", budget=budget, **options)
+    assert srv.counts["requests"] == answered.height
+    out = llmframe.ray.complete(df, "q", budget=10.0, **options)  # sends only the rest
+    assert out["error"].null_count() == n and srv.counts["requests"] == n
+    assert out["response"].to_list() == [f"echo: q {i:03}" for i in range(n)]
+
+
 def test_a_dataset_in_gives_a_lazy_dataset_out(cluster, mock_server):
     srv = mock_server()
     ds = ray.data.from_items([{"q": f"d{i}", "k": i} for i in range(300)])
@@ -200,6 +230,31 @@ def test_cli_ray_writes_the_same_files_and_resumes(cluster, mock_server, tmp_pat
                    timeout=240)
     assert proc.returncode == 1 and srv.counts["requests"] == 149
     assert len(read_jsonl(tmp_path / "req.save.jsonl")) == 149
+
+
+def test_cli_ray_budget_stops_with_exit_3_and_resume_sends_the_rest(cluster, mock_server,
+                                                                     tmp_path):
+    import json
+
+    from test_cli import read_jsonl, run_cli
+
+    srv = mock_server()
+    req = tmp_path / "req.jsonl"
+    req.write_text("".join(json.dumps({"input": f"b{i}"}) + "\n" for i in range(120)))
+    spec = f"url={srv.url},price_in=1000,price_out=1000"
+    args = ("run", req, "-e", spec, "--ray", cluster.address, "--max-tokens", "10")
+    proc = run_cli(*args, "--budget", "0.5", timeout=240)
+    assert proc.returncode == 3, proc.stderr
+    saved = read_jsonl(tmp_path / "req.save.jsonl")
+    assert 0.4 < sum(x["cost_usd"] for x in saved) <= 0.5
+    assert srv.counts["requests"] == len(saved) < 120
+    assert not (tmp_path / "req.errors.jsonl").read_text()  # unsent rows are not errors
+    assert f"{120 - len(saved)} rows not sent; rerun with --resume" in proc.stderr
+    proc = run_cli(*args, "--budget", "5", "--resume", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert srv.counts["requests"] == 120
+    assert sorted(x["response"] for x in read_jsonl(tmp_path / "req.save.jsonl")) == sorted(
+        f"echo: b{i}" for i in range(120))
 
 
 def test_review_fixes_reruns_that_do_not_match_and_bad_inputs(cluster, mock_server, tmp_path):
