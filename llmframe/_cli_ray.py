@@ -101,7 +101,8 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
     saved, failed = write_results(out, save, errors, api=api)
     seconds = time.monotonic() - started
     echo(f"done on Ray: {saved + failed:,} rows in {seconds:.1f} s: {saved:,} ok, "
-         f"{failed:,} errors (nodes: {out['node'].drop_nulls().n_unique()})\n"
+         f"{failed:,} errors ({options.get('actors', 2)} actors on "
+         f"{out['node'].drop_nulls().n_unique()} nodes)\n"
          f"  answers: {save}  ({saved:,} lines)\n  errors:  {errors}  ({failed:,} lines)\n"
          f"  blocks:  {parts}/ (kept for --resume)")
     if stopped is not None:

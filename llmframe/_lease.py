@@ -1,6 +1,7 @@
 """A request rate shared by many processes: tokens leased in slices.
 
-One :class:`LeaseBook` (in a Ray actor, for ``llmframe.ray``) holds the job's rate; each
+One :class:`LeaseBook` (in a Ray actor, for ``llmframe.ray``) holds the job's rate (one
+for requests, ``rps``; one for tokens, ``tpm``: :class:`LeasedTokens`); each
 process's :class:`LeasedPacer` asks it for a slice's worth of tokens at a time (``SLICE``
 seconds, ~20 calls a second per process, not one per request) and spends them locally;
 tokens not spent within the slice they were leased for are dropped. So the endpoint never
@@ -16,7 +17,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 
-__all__ = ["SLICE", "LeaseBook", "LeasedPacer"]
+__all__ = ["SLICE", "LeaseBook", "LeasedPacer", "LeasedTokens"]
 
 SLICE = 0.05
 
@@ -96,5 +97,62 @@ class LeasedPacer:
             self.leases += 1
             if tokens:
                 self.tokens, self.expires = tokens, loop.time() + SLICE
+            else:
+                await asyncio.sleep(min(max(wait, 0.001), SLICE))
+
+
+class LeasedTokens:
+    """The job's ``tpm`` in one process, leased: the run's token bucket (the interface of
+    :class:`~llmframe._pacer.TokenBucket` the dispatcher uses), fed by leases of a slice's
+    worth at a time. A request may go while the level is positive and takes its estimate
+    (the level may go below zero); its answer settles the difference. Leased tokens not
+    taken within the slice are dropped; a debt is kept and paid from the next leases.
+
+    >>> async def demo():
+    ...     book = LeaseBook(6000)
+    ...     loop = asyncio.get_running_loop()
+    ...     async def lease(want):
+    ...         return book.grant(want, loop.time())
+    ...     tokens = LeasedTokens(lease, want=500)
+    ...     first = tokens.try_take(100, loop.time())   # nothing leased yet
+    ...     await tokens.acquire(400)                   # leases, then takes
+    ...     return first, tokens.leases, tokens.level <= 0
+    >>> asyncio.run(demo())
+    (False, 1, True)
+    """
+
+    __slots__ = ("_lease", "expires", "leases", "level", "want")
+
+    def __init__(self, lease: Callable[[int], Awaitable[tuple[int, float]]], *,
+                 want: int) -> None:
+        self._lease = lease
+        self.want = max(1, want)
+        self.level = 0.0
+        self.expires = 0.0
+        self.leases = 0
+
+    def _expire(self, now: float) -> None:
+        if self.level > 0 and now >= self.expires:
+            self.level = 0.0
+
+    def try_take(self, cost: float, now: float) -> bool:
+        self._expire(now)
+        if self.level > 0:
+            self.level -= cost
+            return True
+        return False
+
+    def settle(self, delta: float) -> None:
+        """``delta`` = reserved - used: positive gives tokens back, negative adds debt."""
+        self.level += delta
+
+    async def acquire(self, cost: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.try_take(cost, loop.time()):
+            tokens, wait = await self._lease(self.want + max(0, math.ceil(-self.level)))
+            self.leases += 1
+            if tokens:
+                self.level += tokens
+                self.expires = loop.time() + SLICE
             else:
                 await asyncio.sleep(min(max(wait, 0.001), SLICE))

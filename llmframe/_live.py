@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -28,7 +29,7 @@ from ._meter import Budget
 from ._results import NOT_SENT, Result, Row, RunStats
 from ._runner import new_event_loop
 
-__all__ = ["LiveEngine", "LiveRows"]
+__all__ = ["LiveEngine", "LiveRows", "Shared"]
 
 log = logging.getLogger("llmframe")
 Exchange = Callable[[dict[int, signals.Signal]], Awaitable[dict[int, signals.Signal]]]
@@ -92,12 +93,21 @@ class _Batch:
             self.future.set_result(self.results)
 
 
+@dataclasses.dataclass
+class Shared:
+    """What an engine shares with the other engines of a job (None: its own, as a run)."""
+
+    pacer: Any = None  # ``async acquire()``: the job's rps (``_lease.LeasedPacer``)
+    tokens: Any = None  # the job's tpm bucket (``_lease.LeasedTokens``)
+    budget: Budget | None = None  # the job's budget (``_purse.SharedBudget``)
+    #: ``async (news) -> board``: trades endpoint signals (``_signals``) every ``PERIOD``
+    exchange: Exchange | None = None
+    share: float = 1.0  # this engine's part of the limits learned from rate-limit headers
+
+
 class LiveEngine:
-    """One engine for many batches. ``pacer``: an object with ``async acquire()`` that
-    replaces the run's own rps pacing (a cluster-wide lease, say). ``share``: this
-    engine's part of the limits learned from rate-limit headers (1/N of N engines).
-    ``exchange``: ``async (news) -> board``, trades endpoint signals (``_signals``) with
-    the other engines of the job every ``PERIOD`` seconds.
+    """One engine for many batches; ``shared``: the limits and signals it shares with
+    the other engines of a job (a Ray actor's, say).
 
     >>> from llmframe.testing import MockServer
     >>> with MockServer() as srv:
@@ -108,21 +118,16 @@ class LiveEngine:
     ['echo: a', 'echo: b']
     """
 
-    def __init__(self, config: RunConfig, pacer: Any = None,
-                 on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None, *,
-                 share: float = 1.0, exchange: Exchange | None = None,
-                 budget: Budget | None = None) -> None:
+    def __init__(self, config: RunConfig, shared: Shared | None = None,
+                 on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.config = config
-        self.share = share
-        self._exchange = exchange
-        self._budget = budget
+        self.shared = shared or Shared()
         self.stats = RunStats()
         self.rows = LiveRows(self.stats)
         self._ended: str | None = None  # why rows given now get no request
         self._batches: dict[int, _Batch] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
-        self._pacer = pacer
         self._loop = new_event_loop()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -148,12 +153,12 @@ class LiveEngine:
             self._loop.close()
 
     async def _main(self) -> None:
-        control = _Control(self._pacer, self._exchange, self._budget)
+        control = _Control(self.shared)
         await control.first()  # what the other engines know, before the first request
         try:
             async for _ in stream_results(self.rows, self.config, self.stats,
                                           control=control, on_result=self._settle,
-                                          share=self.share):
+                                          share=self.shared.share):
                 pass
         finally:
             control.close()
@@ -206,13 +211,12 @@ class LiveEngine:
 
 
 class _Control(RunControl):
-    """Puts a cluster-wide pacer in place of the run's own, and trades endpoint signals."""
+    """Puts the job's limits in place of the run's own, and trades endpoint signals."""
 
-    def __init__(self, pacer: Any, exchange: Exchange | None, budget: Budget | None) -> None:
+    def __init__(self, shared: Shared) -> None:
         super().__init__()
-        self.pacer = pacer
-        self.budget = budget
-        self.exchange = exchange
+        self.shared = shared
+        self.exchange = shared.exchange
         self.task: asyncio.Task[None] | None = None
         self.board: dict[int, signals.Signal] = {}
         self.offset = 0.0  # wall clock minus the loop's
@@ -225,11 +229,14 @@ class _Control(RunControl):
 
     def _attach(self, dispatcher: Any) -> None:
         super()._attach(dispatcher)
-        if self.pacer is not None:
-            dispatcher.pacer = self.pacer
-        if self.budget is not None:  # a budget shared with other engines (_purse)
-            dispatcher.gate.budget = self.budget
-            self.budget.wake = dispatcher.wake
+        shared = self.shared
+        if shared.pacer is not None:
+            dispatcher.pacer = shared.pacer
+        if shared.tokens is not None:
+            dispatcher.gate.tokens = shared.tokens
+        if shared.budget is not None:
+            dispatcher.gate.budget = shared.budget
+            shared.budget.wake = dispatcher.wake
         if self.exchange is not None:
             loop = asyncio.get_running_loop()
             signals.apply(dispatcher.pool, self.board, loop.time(), self.offset)

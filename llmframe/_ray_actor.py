@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from ._config import RunConfig
-from ._lease import LeaseBook, LeasedPacer
+from ._lease import LeaseBook, LeasedPacer, LeasedTokens
 from ._purse import Purse, SharedBudget
 from ._results import NOT_SENT
 from ._signals import Board, Signal
@@ -27,11 +27,13 @@ COST = "__llmframe_cost"  # each row's cost (USD), for the job's budget; not sho
 
 
 class Hub:
-    """What the job's actors share (a Ray actor): the rps leases, ``grant(want)`` ->
-    ``(tokens, wait)``, and the endpoints' signals, ``swap(news)`` -> the board."""
+    """What the job's actors share (a Ray actor): the rps and tpm leases (``grant``,
+    ``grant_tokens``: ``want`` -> ``(given, wait)``), the budget (``draw``) and the
+    endpoints' signals (``swap(news)`` -> the board)."""
 
-    def __init__(self, rps: float | None, budget: float | None) -> None:
+    def __init__(self, rps: float | None, tpm: float | None, budget: float | None) -> None:
         self.book = None if rps is None else LeaseBook(rps)
+        self.tokens = None if tpm is None else LeaseBook(tpm / 60)
         self.board = Board()
         self.purse = None if budget is None else Purse(budget)
 
@@ -48,6 +50,10 @@ class Hub:
         assert self.book is not None
         return self.book.grant(want, time.monotonic())
 
+    def grant_tokens(self, want: int) -> tuple[int, float]:
+        assert self.tokens is not None
+        return self.tokens.grant(want, time.monotonic())
+
     def swap(self, news: dict[int, Signal]) -> dict[int, Signal]:
         return self.board.merge(news)
 
@@ -59,7 +65,8 @@ class Job:
     column: str
     config: RunConfig
     hub: Any  # the Hub actor's handle
-    want: int  # rps tokens leased at a time (a slice's worth of this actor's share)
+    want: int  # requests leased at a time (a slice's worth of this actor's share of rps)
+    want_tokens: int  # tokens leased at a time (the same for tpm)
     response: str
     error: str
     metadata: bool
@@ -74,7 +81,7 @@ class Completer:
     def __init__(self, job: Job) -> None:
         import ray
 
-        from ._live import LiveEngine
+        from ._live import LiveEngine, Shared
 
         self.job = job
         self.node = ray.get_runtime_context().get_node_id()
@@ -89,10 +96,15 @@ class Completer:
         async def draw(amount: float) -> float:
             return await hub.draw.remote(amount)
 
-        pacer = LeasedPacer(lease, want=job.want) if job.want else None
-        budget = SharedBudget(draw, chunk=job.chunk) if job.chunk else None
-        self.engine = LiveEngine(job.config, pacer, share=1 / job.actors, exchange=exchange,
-                                 budget=budget)
+        async def lease_tokens(n: int) -> tuple[int, float]:
+            return await hub.grant_tokens.remote(n)
+
+        self.engine = LiveEngine(job.config, Shared(
+            pacer=LeasedPacer(lease, want=job.want) if job.want else None,
+            tokens=LeasedTokens(lease_tokens, want=job.want_tokens) if job.want_tokens
+            else None,
+            budget=SharedBudget(draw, chunk=job.chunk) if job.chunk else None,
+            exchange=exchange, share=1 / job.actors))
 
     def __call__(self, batch: Any) -> Any:
         from . import functions as f

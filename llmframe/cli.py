@@ -144,9 +144,10 @@ def cli() -> None:
                    "cluster (else a local Ray), or give the head's ADDRESS. --rps and "
                    "--concurrency hold for the whole job. Writes the same save and errors "
                    "files; each block's results are also kept in SAVE.ray/ for --resume.")
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=1,
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=None,
               help="Processes to shard rows over (the rate and concurrency are split "
-                   "between them exactly). Use 2+ only for thousands of requests/s.")
+                   "between them exactly). Use 2+ only for thousands of requests/s. With "
+                   "--ray: the number of Ray actors. [default: 1; with --ray: 2]")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar. [default: on when stderr is a terminal]")
 def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tuple[str, ...],
@@ -159,7 +160,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         max_tokens: int | None, timeout: float, schema_file: Path | None, cache: str | None,
         no_cache: bool, cache_truncated: bool, resume: bool, retry_errors: bool,
         overwrite: bool, grace: float, proxy: str | None, no_proxy: bool,
-        ray_address: str | None, workers: int, progress: bool | None) -> None:
+        ray_address: str | None, workers: int | None, progress: bool | None) -> None:
     """Run every line of REQUESTS (JSONL: {"input": "..."} per line) and write the answers.
 
     \b
@@ -209,7 +210,7 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
         msg = ("no endpoints: give --endpoint URL (repeatable), --endpoints-file FILE, "
                "or --mock N for local test endpoints")
         raise UsageProblem(msg)
-    if mock and workers > 1:
+    if mock and (workers or 1) > 1:
         msg = "--workers needs endpoints in their own processes; use serve-mock, not --mock"
         raise UsageProblem(msg)
     if progress is None:
@@ -234,25 +235,27 @@ def run(requests: Path | None, requests_alias: Path | None, endpoint_specs: tupl
                               resume=resume, retry_errors=retry_errors, overwrite=overwrite))
         code = _run(path, endpoints, options, labels, save=save, errors=errors,
                     resume=resume, retry_errors=retry_errors, overwrite=overwrite,
-                    workers=workers, progress=progress, grace=grace)
+                    workers=workers or 1, progress=progress, grace=grace)
     sys.exit(code)
 
 
 def _ray_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any], address: str,
              save: Path | None, errors: Path | None, resume: bool, retry_errors: bool,
-             overwrite: bool, workers: int) -> int:
-    """``--ray``: the run on Ray Data (``_cli_ray``)."""
+             overwrite: bool, workers: int | None) -> int:
+    """``--ray``: the run on Ray Data (``_cli_ray``), ``workers`` actors (default 2)."""
     from ._cli_ray import run_on_ray
 
-    if workers > 1 or retry_errors:
-        msg = "--ray runs the job over Ray's actors: not with --workers or --retry-errors"
+    if retry_errors:
+        msg = ("--ray: --retry-errors is not supported there yet; retry the errors file "
+               "without --ray, or run the rows again with --overwrite")
         raise UsageProblem(msg)
     if resume and overwrite:
         msg = "--overwrite cannot be combined with --resume"
         raise UsageProblem(msg)
     save_path, errors_path = default_paths(path, save, errors)
     try:
-        return run_on_ray(path, endpoints, options, address=address, save=save_path,
+        return run_on_ray(path, endpoints, {**options, "actors": workers or 2},
+                          address=address, save=save_path,
                           errors=errors_path, resume=resume, overwrite=overwrite,
                           echo=lambda text: click.echo(text, err=True))
     except (ConfigError, ImportError) as exc:

@@ -54,12 +54,14 @@ def _ray() -> Any:
     return ray
 
 
-def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
+def complete(data: Any, column: str, *, endpoints: Any = None,
+             actors: int | tuple[int, int] = 2,
              output: str | os.PathLike[str] | None = None, id_column: str | None = None,
              batch_size: int = 256, max_concurrency: int = 4, num_cpus: float = 0.25,
              response_column: str = "response", error_column: str = "error",
              metadata: bool = False, config: RunConfig | None = None, **options: Any) -> Any:
-    """Send one request per row of ``data[column]`` from ``actors`` Ray actors.
+    """Send one request per row of ``data[column]`` from ``actors`` Ray actors
+    (``(min, max)``: an autoscaling pool of that many).
 
     ``data``: a polars DataFrame (a DataFrame comes back, row-aligned) or a
     ``ray.data.Dataset`` (a lazy Dataset comes back). Run options as in
@@ -75,8 +77,8 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
     if config.cache:
         msg = "llmframe.ray: cache= is not supported yet (run it without, or locally)"
         raise ConfigError(msg)
-    for name, value in (("actors", actors), ("batch_size", batch_size),
-                        ("max_concurrency", max_concurrency)):
+    low, high = _pool_size(actors)
+    for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"llmframe.ray: {name} must be an integer >= 1, got {value!r}"
             raise ConfigError(msg)
@@ -85,19 +87,33 @@ def complete(data: Any, column: str, *, endpoints: Any = None, actors: int = 2,
         ray.init()  # RAY_ADDRESS, or a local one
     # the job's hub: its rps leases, its budget and the endpoints' signals (pauses,
     # cooldowns, outs)
-    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps, config.budget)
+    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps, config.tpm, config.budget)
     from ._workers import shard_config
 
     # every actor's share of the limits (endpoints' rps/rpm/tpm/concurrency, tpm); the
     # job's rps is leased instead
-    share = dataclasses.replace(shard_config(config, actors), rps=None)
-    job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / actors),
-              response_column, error_column, metadata, out_dir, actors,
-              (config.budget or 0.0) / (_DRAWS * actors))
-    run = _Map(ray, job, actors, batch_size, max_concurrency, num_cpus)
+    # (as many as the pool may grow to: together they never pass the job's)
+    share = dataclasses.replace(shard_config(config, high), rps=None)
+    job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / high),
+              math.ceil((config.tpm or 0) / 60 * SLICE / high),
+              response_column, error_column, metadata, out_dir, high,
+              (config.budget or 0.0) / (_DRAWS * high))
+    run = _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus)
     if isinstance(data, pl.DataFrame):
         return _complete_frame(run, data)
     return _complete_dataset(run, data, id_column)
+
+
+def _pool_size(actors: Any) -> tuple[int, int]:
+    """``actors``: N, or ``(min, max)`` for an autoscaling pool."""
+    sizes = actors if isinstance(actors, (tuple, list)) else (actors, actors)
+    ok = len(sizes) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes)
+    if not ok or sizes[0] > sizes[1]:
+        msg = (f"llmframe.ray: actors must be an integer >= 1 or a (min, max) pair of them, "
+               f"got {actors!r}")
+        raise ConfigError(msg)
+    return sizes[0], sizes[1]
 
 
 def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
@@ -185,7 +201,7 @@ def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
 class _Map:
     ray: Any
     job: Job
-    actors: int
+    actors: tuple[int, int]  # the pool's (min, max) size
     batch_size: int
     max_concurrency: int
     num_cpus: float
@@ -215,7 +231,8 @@ class _Map:
         # several batches at once in each actor: Ray Data runs a plain (not async) class
         # one call at a time unless told it is thread-safe (the engine is)
         compute = self.ray.data.ActorPoolStrategy(
-            size=self.actors, max_concurrent_calls_per_actor=self.max_concurrency,
+            min_size=self.actors[0], max_size=self.actors[1],
+            max_concurrent_calls_per_actor=self.max_concurrency,
             enable_true_multi_threading=True)
         with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
             warnings.simplefilter("ignore", DeprecationWarning)

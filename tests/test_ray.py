@@ -105,6 +105,36 @@ def test_the_budget_is_for_the_whole_job_and_a_rerun_sends_the_rest(cluster, moc
     assert out["response"].to_list() == [f"echo: q {i:03}" for i in range(n)]
 
 
+def test_the_global_tpm_holds_at_the_servers_clock(cluster, mock_server):
+    # the server counts the tokens it admits each second (its own limit is far above)
+    tpm, n = 60_000, 400
+    srv = mock_server(latency=0.02, tpm=20 * tpm, window=1.0)
+    df = pl.DataFrame({"q": [f"t{i:03}" for i in range(n)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], tpm=tpm, actors=2,
+                                batch_size=20, params={"max_tokens": 10})
+    assert out["error"].null_count() == n
+    per_second = srv.state.tokens_by_second
+    seconds = sorted(per_second)
+    counts = [per_second.get(s, 0) for s in range(seconds[0], seconds[-1] + 1)]
+    assert len(counts) >= 3, counts
+    assert max(counts) <= tpm / 60 * 1.1, counts  # the job's tokens a second, not 2x
+    assert statistics.median(counts[1:-1]) >= 0.6 * tpm / 60, counts
+
+
+def test_an_autoscaling_pool_keeps_the_job_limits(cluster, mock_server):
+    srv = mock_server(latency=0.05)
+    rps, n = 150, 450
+    df = pl.DataFrame({"q": [f"s{i}" for i in range(n)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], rps=rps, actors=(1, 3),
+                                batch_size=15)
+    assert out["response"].to_list() == [f"echo: s{i}" for i in range(n)]
+    per_second = srv.state.per_second
+    assert max(per_second.values()) <= rps, per_second
+    for bad in [(3, 1), (0, 2), (1, 2, 3), "2", 2.0, True]:
+        with pytest.raises(ConfigError, match="actors must be"):
+            llmframe.ray.complete(df, "q", endpoints=[srv.url], actors=bad)
+
+
 def test_a_dataset_in_gives_a_lazy_dataset_out(cluster, mock_server):
     srv = mock_server()
     ds = ray.data.from_items([{"q": f"d{i}", "k": i} for i in range(300)])
@@ -122,7 +152,7 @@ def test_bad_input_fails_on_the_driver_before_anything_is_sent(cluster, mock_ser
         llmframe.ray.complete(df, "q", endpoints=[srv.url])
     with pytest.raises(ConfigError, match="not found"):
         llmframe.ray.complete(df, "nope", endpoints=[srv.url])
-    with pytest.raises(ConfigError, match="actors"):
+    with pytest.raises(ConfigError, match="actors must be"):
         llmframe.ray.complete(df.drop("response"), "q", endpoints=[srv.url], actors=0)
     with pytest.raises(ConfigError, match="rps"):
         llmframe.ray.complete(df.drop("response"), "q", endpoints=[srv.url], rps=-1)
@@ -242,7 +272,8 @@ def test_cli_ray_budget_stops_with_exit_3_and_resume_sends_the_rest(cluster, moc
     req = tmp_path / "req.jsonl"
     req.write_text("".join(json.dumps({"input": f"b{i}"}) + "\n" for i in range(120)))
     spec = f"url={srv.url},price_in=1000,price_out=1000"
-    args = ("run", req, "-e", spec, "--ray", cluster.address, "--max-tokens", "10")
+    args = ("run", req, "-e", spec, "--ray", cluster.address, "--max-tokens", "10",
+            "--workers", "3")
     proc = run_cli(*args, "--budget", "0.5", timeout=240)
     assert proc.returncode == 3, proc.stderr
     saved = read_jsonl(tmp_path / "req.save.jsonl")
@@ -250,6 +281,7 @@ def test_cli_ray_budget_stops_with_exit_3_and_resume_sends_the_rest(cluster, moc
     assert srv.counts["requests"] == len(saved) < 120
     assert not (tmp_path / "req.errors.jsonl").read_text()  # unsent rows are not errors
     assert f"{120 - len(saved)} rows not sent; rerun with --resume" in proc.stderr
+    assert "3 actors on" in proc.stderr
     proc = run_cli(*args, "--budget", "5", "--resume", timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert srv.counts["requests"] == 120

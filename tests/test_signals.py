@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from llmframe import RunConfig
-from llmframe._live import LiveEngine
+from llmframe._live import LiveEngine, Shared
 from llmframe._signals import Board
 
 
@@ -18,7 +18,7 @@ def _engines(config: RunConfig, n: int = 2) -> tuple[list[LiveEngine], Board]:
     async def exchange(news):
         return board.merge(news)
 
-    return [LiveEngine(config, share=1 / n, exchange=exchange) for _ in range(n)], board
+    return [LiveEngine(config, Shared(exchange=exchange, share=1 / n)) for _ in range(n)], board
 
 
 def _rows(prefix: str, n: int) -> list:
