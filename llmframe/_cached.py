@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -99,6 +100,9 @@ class CachedFeed:
                  emit: Callable[[Result], None], stats: RunStats,
                  label: Callable[[int], str] | None = None) -> None:
         self.rows: Iterator[Row] | None = iter(rows)
+        self._arrived = Bell()  # a live source (_live.LiveRows) rings it when rows come
+        if hasattr(rows, "open"):
+            rows.feed = SimpleNamespace(wake=self._arrived.ring)  # type: ignore[attr-defined]
         self.config = config
         self.cache = cache
         self.emit = emit
@@ -145,8 +149,11 @@ class CachedFeed:
     async def run(self) -> None:
         try:
             while not self.stopped and self.rows is not None:
-                chunk = list(islice(self.rows, CHUNK))
+                chunk = list(islice(iter(self.rows.__next__, None), CHUNK))
                 if not chunk:
+                    if getattr(self.rows, "open", False):  # live: more rows later
+                        await self._arrived.wait()
+                        continue
                     break
                 self.stats.rows += len(chunk)
                 await self._chunk(chunk)

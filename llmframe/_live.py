@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import dataclasses
 import itertools
 import logging
@@ -122,6 +123,7 @@ class LiveEngine:
                  on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.config = config
         self.shared = shared or Shared()
+        self._control = _Control(self.shared)
         self.stats = RunStats()
         self.rows = LiveRows(self.stats)
         self._ended: str | None = None  # why rows given now get no request
@@ -153,7 +155,7 @@ class LiveEngine:
             self._loop.close()
 
     async def _main(self) -> None:
-        control = _Control(self.shared)
+        control = self._control
         await control.first()  # what the other engines know, before the first request
         try:
             async for _ in stream_results(self.rows, self.config, self.stats,
@@ -176,6 +178,9 @@ class LiveEngine:
         batch = self._batches.get(number)
         if batch is None:
             return
+        # a copy: the run still knows the result by its own index (the cache's feed pairs
+        # it with the rows that wait for the same answer after this)
+        result = copy.copy(result)
         result.index = index
         batch.results[index] = result
         batch.left -= 1
@@ -202,6 +207,19 @@ class LiveEngine:
         with contextlib.suppress(RuntimeError):  # the loop just closed: settled as unsent
             self._loop.call_soon_threadsafe(self.rows.put, tagged)
         return batch.future.result()
+
+    def flush(self) -> None:
+        """Write the answers the cache holds (a Ray actor may be ended without a word
+        once its last batch is back, so each batch flushes). Thread-safe."""
+        feed = getattr(self._control._dispatcher, "feed", None)
+        client = getattr(feed, "cache", None)
+        if client is None or self._ended is not None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(client.flush(), self._loop).result(60)
+        except Exception as exc:  # only a free rerun is lost
+            log.warning("llmframe: response cache: could not store answers (%s: %s)",
+                        type(exc).__name__, exc)
 
     def close(self) -> None:
         """Finish what is in flight and stop the engine's thread."""

@@ -120,6 +120,8 @@ class Completer:
             if result is not None:
                 out.put(result)
                 cost[result.index] = result.cost_usd
+        if job.config.cache:
+            self.engine.flush()
         frame = f._frame_out(df, out, output=job.response, error=job.error,
                              metadata=job.metadata)
         if job.metadata:

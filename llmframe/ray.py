@@ -74,9 +74,8 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
     _check_input(ray, data, column, response_column, error_column, num_cpus)
-    if config.cache:
-        msg = "llmframe.ray: cache= is not supported yet (run it without, or locally)"
-        raise ConfigError(msg)
+    if config.cache:  # the same file for every actor (each node's own disk)
+        config = dataclasses.replace(config, cache=Path(config.cache).resolve())
     low, high = _pool_size(actors)
     for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

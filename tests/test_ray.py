@@ -135,6 +135,22 @@ def test_an_autoscaling_pool_keeps_the_job_limits(cluster, mock_server):
             llmframe.ray.complete(df, "q", endpoints=[srv.url], actors=bad)
 
 
+def test_the_response_cache_answers_a_rerun_without_sending(cluster, mock_server, tmp_path):
+    srv = mock_server()
+    n = 200
+    df = pl.DataFrame({"q": [f"c{i % 150}" for i in range(n)]})  # 50 repeat a prompt
+    options = {"endpoints": [srv.url], "actors": 2, "batch_size": 25, "metadata": True,
+               "cache": tmp_path / "cache.sqlite3"}
+    first = llmframe.ray.complete(df, "q", **options)
+    assert first["response"].to_list() == [f"echo: c{i % 150}" for i in range(n)]
+    assert 150 <= srv.counts["requests"] <= n
+    sent = srv.counts["requests"]
+    again = llmframe.ray.complete(df, "q", **options)
+    assert srv.counts["requests"] == sent  # every answer from the cache
+    assert again["response"].to_list() == first["response"].to_list()
+    assert again["cached"].all()
+
+
 def test_a_dataset_in_gives_a_lazy_dataset_out(cluster, mock_server):
     srv = mock_server()
     ds = ray.data.from_items([{"q": f"d{i}", "k": i} for i in range(300)])
