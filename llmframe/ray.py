@@ -13,10 +13,13 @@ the Ray node that ran the row). Every other keyword is ``df.llm.complete``'s.
 - **One long-lived engine per actor** (``_live.LiveEngine``): the connection pool, pacing
   and endpoint health carry over between batches, and ``max_concurrency`` batches are in
   flight per actor, so an actor does not idle on one batch's slowest rows.
-- **Limits for the whole job.** ``rps`` is leased from one limiter actor in 50 ms slices
-  (``_lease``): ~20 calls a second per actor, and the endpoint never sees more than
-  ``rps`` in any second, however many actors start or die (the price: ~9% below ``rps``
-  at steady state). ``concurrency`` is split evenly between the ``actors``.
+- **Limits for the whole job**, held by one hub actor (``_ray_actor.Hub``) whatever
+  actors start, die or autoscale: ``rps`` and ``tpm`` are leased in 50 ms slices
+  (``_lease``: ~20 calls a second per actor, and the endpoint never sees more than the
+  limit in any second; the price: ~9% below it at steady state); ``budget`` is drawn from
+  one purse (``_purse``); a pause, cooldown, hold or *out* one actor sees at an endpoint
+  reaches the others within 0.1 s (``_signals``). ``concurrency`` and the endpoints' own
+  limits are split evenly between the actors.
 - **Actors ask for little CPU** (``num_cpus=0.25``: the work is waiting on the network),
   spread over the nodes, so read tasks still get CPUs on small nodes.
 - Every row ends in one result; a batch whose actor dies is run again by Ray Data (its
@@ -66,7 +69,9 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
     ``data``: a polars DataFrame (a DataFrame comes back, row-aligned) or a
     ``ray.data.Dataset`` (a lazy Dataset comes back). Run options as in
     ``df.llm.complete`` (``rps``, ``concurrency``, ``max_attempts``, ``model``, ``system``,
-    ``params``, ``schema``, ...): ``rps`` and ``concurrency`` are for the whole job.
+    ``params``, ``schema``, ``tpm``, ``budget``, ``cache``, ...): the limits are for the
+    whole job; a budget that stops it raises ``BudgetReached`` with the aligned frame
+    (a Dataset: the rows not sent have the error "not sent: stopped by the budget").
     ``output=DIR``: each block's results are written there as a Parquet file as soon as
     the block is done, and a rerun with the same DIR sends only the rows that have none
     (rows are keyed by their position in a DataFrame, by ``id_column`` in a Dataset).
