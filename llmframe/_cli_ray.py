@@ -52,14 +52,14 @@ def _quiet(ray: Any) -> None:
     import warnings
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled"
     warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\..*")
 
 
 def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *,
                address: str, save: Path, errors: Path, resume: bool, overwrite: bool,
-               echo: Any) -> int:
+               echo: Any, retry_errors: bool = False) -> int:
     """Run ``path`` on Ray; returns the exit code (0 all answered, 1 some errors, 3 the
     budget stopped it)."""
     from . import ray as llm_ray
@@ -89,12 +89,14 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
         frame = read_jsonl(path, api=api, warn=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if retry_errors and errors.is_file():  # as a local --retry-errors: the old one kept
+        shutil.copyfile(errors, errors.with_name(errors.name + ".prev"))
     started = time.monotonic()
     column = "request" if api == "raw" else "input"
     stopped = None
     try:
         out = llm_ray.complete(frame, column, endpoints=endpoints, output=parts,
-                               metadata=True, **options)
+                               metadata=True, retry_errors=retry_errors, **options)
     except BudgetReached as exc:  # the rows not sent have no result: --resume sends them
         stopped = exc
         out = exc.partial.filter(pl.col("error").ne_missing(NOT_SENT))

@@ -245,18 +245,15 @@ def _ray_run(path: Path, endpoints: list[Endpoint], options: dict[str, Any], add
     """``--ray``: the run on Ray Data (``_cli_ray``), ``workers`` actors (default 2)."""
     from ._cli_ray import run_on_ray
 
-    if retry_errors:
-        msg = ("--ray: --retry-errors is not supported there yet; retry the errors file "
-               "without --ray, or run the rows again with --overwrite")
-        raise UsageProblem(msg)
-    if resume and overwrite:
-        msg = "--overwrite cannot be combined with --resume"
+    if (resume or retry_errors) and overwrite:
+        msg = "--overwrite cannot be combined with --resume or --retry-errors"
         raise UsageProblem(msg)
     save_path, errors_path = default_paths(path, save, errors)
     try:
         return run_on_ray(path, endpoints, {**options, "actors": workers or 2},
                           address=address, save=save_path,
-                          errors=errors_path, resume=resume, overwrite=overwrite,
+                          errors=errors_path, resume=resume or retry_errors,
+                          retry_errors=retry_errors, overwrite=overwrite,
                           echo=lambda text: click.echo(text, err=True))
     except (ConfigError, ImportError) as exc:
         raise UsageProblem(str(exc)) from None

@@ -62,7 +62,8 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
              output: str | os.PathLike[str] | None = None, id_column: str | None = None,
              batch_size: int = 256, max_concurrency: int = 4, num_cpus: float = 0.25,
              response_column: str = "response", error_column: str = "error",
-             metadata: bool = False, config: RunConfig | None = None, **options: Any) -> Any:
+             metadata: bool = False, retry_errors: bool = False,
+             config: RunConfig | None = None, **options: Any) -> Any:
     """Send one request per row of ``data[column]`` from ``actors`` Ray actors
     (``(min, max)``: an autoscaling pool of that many).
 
@@ -74,7 +75,9 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
     (a Dataset: the rows not sent have the error "not sent: stopped by the budget").
     ``output=DIR``: each block's results are written there as a Parquet file as soon as
     the block is done, and a rerun with the same DIR sends only the rows that have none
-    (rows are keyed by their position in a DataFrame, by ``id_column`` in a Dataset).
+    (rows are keyed by their position in a DataFrame, by ``id_column`` in a Dataset,
+    which must name each row once); with ``retry_errors=True`` also the rows whose result
+    there is an error.
     """
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
@@ -87,6 +90,9 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
             msg = f"llmframe.ray: {name} must be an integer >= 1, got {value!r}"
             raise ConfigError(msg)
     out_dir = None if output is None else _output_dir(output)
+    if retry_errors and out_dir is None:
+        msg = "llmframe.ray: retry_errors=True needs output=DIR (the results to retry)"
+        raise ConfigError(msg)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
     # the job's hub: its rps leases, its budget and the endpoints' signals (pauses,
@@ -102,7 +108,7 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
               math.ceil((config.tpm or 0) / 60 * SLICE / high),
               response_column, error_column, metadata, out_dir, high,
               (config.budget or 0.0) / (_DRAWS * high))
-    run = _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus)
+    run = _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus, retry_errors)
     if isinstance(data, pl.DataFrame):
         return _complete_frame(run, data)
     return _complete_dataset(run, data, id_column)
@@ -182,8 +188,29 @@ def _manifest(job: Job, key: str) -> None:
         path.write_text(json.dumps(made))
 
 
-def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
-    """The results already in ``out_dir`` (one per ``key``), or None."""
+def _forget_errors(out_dir: str, error: str) -> None:
+    """``retry_errors``: the rows whose result is an error leave the part files (each
+    rewritten whole or not at all), so the run sends them again."""
+    for part in sorted(Path(out_dir).glob("part-*.parquet")):
+        try:
+            df = pl.read_parquet(part)
+        except Exception:  # reported by _done, with the fix
+            return
+        if error not in df.columns:
+            return
+        keep = df.filter(pl.col(error).is_null())
+        if keep.height == df.height:
+            continue
+        tmp = part.with_suffix(".tmp")
+        keep.write_parquet(tmp)
+        os.replace(tmp, part)
+
+
+def _done(run: _Map, key: str) -> pl.DataFrame | None:
+    """The results already in the job's ``out_dir`` (one per ``key``), or None."""
+    out_dir, job = run.job.out_dir, run.job
+    if out_dir is not None and run.retry_errors:
+        _forget_errors(out_dir, job.error)
     if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
         return None
     try:
@@ -198,6 +225,10 @@ def _done(out_dir: str | None, key: str) -> pl.DataFrame | None:
         raise ConfigError(msg)
     if COST not in done.columns:  # written before costs were kept
         done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias(COST))
+    if key != _ROW:
+        _check_ids(done, key, job)
+    # a block run twice (its actor died after writing it): an answer wins over an error
+    done = done.sort(pl.col(job.error).is_not_null(), maintain_order=True)
     return done.unique(subset=key, keep="first", maintain_order=True)
 
 
@@ -209,6 +240,7 @@ class _Map:
     batch_size: int
     max_concurrency: int
     num_cpus: float
+    retry_errors: bool = False
 
     def __call__(self, ds: Any) -> Any:
         schema = ds.schema()
@@ -258,7 +290,7 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
             raise ConfigError(msg)
     _manifest(job, _ROW)
     table = df.with_row_index(_ROW)
-    done = _done(job.out_dir, _ROW)
+    done = _done(run, _ROW)
     if done is not None:
         done = _same_rows(done, table, job)
         table = table.filter(~pl.col(_ROW).is_in(done[_ROW].implode()))
@@ -330,6 +362,23 @@ def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: Job) -> pl.DataFram
     return done
 
 
+def _check_ids(done: pl.DataFrame, id_column: str, job: Job) -> None:
+    """A rerun matches rows by ``id_column``: a null id, or one id for two prompts, would
+    leave rows out; refused, naming the id."""
+    where = f"llmframe.ray: output={job.out_dir!r}, id_column {id_column!r}"
+    if done[id_column].null_count():
+        msg = (f"{where}: some rows have a null id, so a rerun cannot tell which of them "
+               "have a result; give a column that names each row once")
+        raise ConfigError(msg)
+    twice = done.group_by(id_column).agg(pl.col(job.column).n_unique().alias("n")).filter(
+        pl.col("n") > 1)
+    if twice.height:
+        msg = (f"{where}: the id {twice[id_column][0]!r} names rows with different "
+               "prompts, so a rerun would leave rows out; give a column that names each "
+               "row once")
+        raise ConfigError(msg)
+
+
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     job = run.job
     if job.out_dir is None:
@@ -343,7 +392,7 @@ def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
         msg = f"llmframe.ray: id_column {id_column!r} not found; the dataset has {names}"
         raise ConfigError(msg)
     _manifest(job, id_column)
-    done = _done(job.out_dir, id_column)
+    done = _done(run, id_column)
     if done is None:
         return run(ds).drop_columns([COST])
     _spent_before(job, done)

@@ -305,6 +305,41 @@ def test_cli_ray_budget_stops_with_exit_3_and_resume_sends_the_rest(cluster, moc
         f"echo: b{i}" for i in range(120))
 
 
+def test_retry_errors_sends_again_only_the_rows_that_ended_as_errors(cluster, mock_server,
+                                                                     tmp_path):
+    import json
+
+    from test_cli import read_jsonl, run_cli
+
+    srv = mock_server(script=["500"] * 3)  # three rows fail (one attempt each)
+    req = tmp_path / "req.jsonl"
+    req.write_text("".join(json.dumps({"input": f"e{i}"}) + "\n" for i in range(60)))
+    args = ("run", req, "-e", srv.url, "--ray", cluster.address, "--max-attempts", "1")
+    proc = run_cli(*args, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert len(read_jsonl(tmp_path / "req.errors.jsonl")) == 3
+    proc = run_cli(*args, "--retry-errors", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert srv.counts["requests"] == 63  # the three again, nothing else
+    assert sorted(x["response"] for x in read_jsonl(tmp_path / "req.save.jsonl")) == sorted(
+        f"echo: e{i}" for i in range(60))
+    assert not read_jsonl(tmp_path / "req.errors.jsonl")
+    assert len(read_jsonl(tmp_path / "req.errors.jsonl.prev")) == 3
+
+
+def test_dataset_ids_that_do_not_name_one_row_are_refused_on_a_rerun(cluster, mock_server,
+                                                                   tmp_path):
+    srv = mock_server()
+    for ids, match in (([1, None, 3, None], "null id"), ([1, 2, 2, 3], "id 2 names")):
+        items = [{"q": f"x{i}", "k": k} for i, k in enumerate(ids)]
+        out_dir = tmp_path / str(len(match))
+        llmframe.ray.complete(ray.data.from_items(items), "q", endpoints=[srv.url],
+                              output=out_dir, id_column="k").materialize()
+        with pytest.raises(ConfigError, match=match):
+            llmframe.ray.complete(ray.data.from_items(items), "q", endpoints=[srv.url],
+                                  output=out_dir, id_column="k")
+
+
 def test_review_fixes_reruns_that_do_not_match_and_bad_inputs(cluster, mock_server, tmp_path):
     srv = mock_server()
     url = [srv.url]
