@@ -1,10 +1,12 @@
 """``llmframe run requests.jsonl --ray [auto|ADDRESS]``: the file run on Ray Data.
 
-The driver reads the file (``read_jsonl``: a line that cannot be sent becomes an error
-row), ``llmframe.ray.complete`` runs it over the cluster's actors with the job-wide limits,
-and the answers and errors are written to the same save and errors files as a local run.
-Each block's results are also kept as Parquet in ``SAVE.ray/`` the moment the block is
-done, so ``--resume`` after a crash of the driver sends only the rows without a result.
+Ray tasks read the file in parts (``_ray_file``: every line keeps its index; a line that
+is not a JSON object becomes an error row), the actors send each line's request as
+``llmframe run`` does (``input`` or ``messages``, extra fields) with the job-wide limits
+(``llmframe.ray.plan``), and write each block's results to ``SAVE.ray/`` the moment it is
+done; the save and errors files are written from there at the end, the same lines as a
+local run. ``--resume`` after a crash of the driver sends only the rows without a result;
+the driver never holds the file or its results.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import polars as pl
 
 from ._cli_common import EXIT_BUDGET, EXIT_OK, EXIT_ROW_ERRORS, UsageProblem
 from ._config import Endpoint
-from ._exceptions import BudgetReached, ConfigError
-from ._results import NOT_SENT
+from ._exceptions import ConfigError
+from ._ray_actor import COST
+from ._ray_file import dataset_of, done_lines, line_ranges, write_parts
+from ._ray_output import forget_errors, write_manifest
 
 __all__ = ["run_on_ray"]
 
@@ -63,7 +67,6 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
     """Run ``path`` on Ray; returns the exit code (0 all answered, 1 some errors, 3 the
     budget stopped it)."""
     from . import ray as llm_ray
-    from ._frame_io import read_jsonl, write_results
 
     parts = results_dir(save)
     existing = [p for p in (save, errors, parts)
@@ -78,37 +81,86 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
         raise UsageProblem(msg)
     ray = llm_ray._ray()
     _quiet(ray)
+    if not path.is_file():
+        raise ConfigError(f"requests file not found: {path}")
     if not ray.is_initialized():
         _reachable(address)
         ray.init(address=None if address == "auto" else address, logging_level="ERROR",
                  log_to_driver=False)
     if overwrite:
         shutil.rmtree(parts, ignore_errors=True)
-    api = options.get("api", "chat")
-    try:
-        frame = read_jsonl(path, api=api, warn=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
     if retry_errors and errors.is_file():  # as a local --retry-errors: the old one kept
         shutil.copyfile(errors, errors.with_name(errors.name + ".prev"))
     started = time.monotonic()
-    column = "request" if api == "raw" else "input"
-    stopped = None
-    try:
-        out = llm_ray.complete(frame, column, endpoints=endpoints, output=parts,
-                               metadata=True, retry_errors=retry_errors, **options)
-    except BudgetReached as exc:  # the rows not sent have no result: --resume sends them
-        stopped = exc
-        out = exc.partial.filter(pl.col("error").ne_missing(NOT_SENT))
-    saved, failed = write_results(out, save, errors, api=api)
+    counts = _run(ray, path, parts, endpoints, options, retry_errors)
+    api = options.get("api", "chat")
+    saved, failed = write_parts(parts, save, errors, api)
     seconds = time.monotonic() - started
     echo(f"done on Ray: {saved + failed:,} rows in {seconds:.1f} s: {saved:,} ok, "
-         f"{failed:,} errors ({options.get('actors', 2)} actors on "
-         f"{out['node'].drop_nulls().n_unique()} nodes)\n"
+         f"{failed:,} errors ({options.get('actors', 2)} actors on {_nodes(parts)} nodes; "
+         f"{counts['rows']:,} rows run now)\n"
          f"  answers: {save}  ({saved:,} lines)\n  errors:  {errors}  ({failed:,} lines)\n"
          f"  blocks:  {parts}/ (kept for --resume)")
-    if stopped is not None:
-        echo(f"llmframe: stopped by the budget (${stopped.spent:.4f} spent by the job): "
-             f"{stopped.not_sent:,} rows not sent; rerun with --resume and a larger --budget")
+    if counts["not_sent"]:
+        spent = _spent(parts)
+        echo(f"llmframe: stopped by the budget (${spent:.4f} spent by the job): "
+             f"{counts['not_sent']:,} rows not sent; rerun with --resume and a larger "
+             "--budget")
         return EXIT_BUDGET
     return EXIT_ROW_ERRORS if failed else EXIT_OK
+
+
+def _run(ray: Any, path: Path, parts: Path, endpoints: list[Endpoint],
+         options: dict[str, Any], retry_errors: bool) -> dict[str, int]:
+    """Send the file's rows without a result in ``parts``; the counts of what was sent."""
+    from tqdm.auto import tqdm
+
+    from ._config import run_config
+    from .ray import plan
+
+    options = dict(options)
+    actors = options.pop("actors", 2)
+    config = run_config(endpoints=endpoints, **options)
+    run = plan(ray, config, "request", actors=actors, output=parts, batch_size=256,
+               max_concurrency=4, num_cpus=0.25, response_column="response",
+               error_column="error", metadata=True, retry_errors=retry_errors, lines=True)
+    write_manifest(run.job, "index")
+    if retry_errors:
+        forget_errors(str(parts), "error")
+    if config.budget is not None:  # the budget is for the whole job
+        ray.get(run.job.hub.spent_before.remote(_spent(parts)))
+    try:
+        ranges, total = line_ranges(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    done = done_lines(parts)
+    counts = {"rows": 0, "ok": 0, "errors": 0, "not_sent": 0}
+    if not ranges:  # an empty file
+        return counts
+    with tqdm(total=max(total - len(done), 0), unit="row", disable=None) as bar:
+        for batch in run(dataset_of(ray, path, ranges, done, config.api)).iter_batches(
+                batch_format="numpy", batch_size=None):
+            for key in counts:
+                counts[key] += int(batch[key].sum())
+            bar.update(int(batch["rows"].sum()))
+    return counts
+
+
+def _files(parts: Path) -> list[Path]:
+    return sorted(parts.glob("part-*.parquet"))
+
+
+def _spent(parts: Path) -> float:
+    """What the results in ``parts`` cost (USD)."""
+    files = _files(parts)
+    if not files:
+        return 0.0
+    return float(pl.scan_parquet(files).select(pl.col(COST).sum()).collect().item() or 0.0)
+
+
+def _nodes(parts: Path) -> int:
+    files = _files(parts)
+    if not files:
+        return 0
+    return int(pl.scan_parquet(files).select(pl.col("node").drop_nulls().n_unique())
+               .collect().item())

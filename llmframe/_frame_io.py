@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import polars as pl
 from ._json import dumps, loads
 from ._jsonl import NotJson, iter_rows
 from ._protocols import RowError, prepare
-from ._results import Result
+from ._results import Result, Row
 from ._sinks import FileSink
 
-__all__ = ["read_jsonl", "write_results"]
+__all__ = ["read_jsonl", "request_frame", "write_results", "write_rows"]
 
 _SCHEMA = {"index": pl.Int64, "input": pl.String, "request": pl.String,
            "read_error": pl.String, "raw_line": pl.String}
@@ -44,32 +45,40 @@ def read_jsonl(path: str | os.PathLike[str], *, api: str = "chat",
     ``pl.col("request")`` to ``complete(..., api="raw")``. A warning says how many lines
     cannot be sent.
     """
-    rows: list[dict[str, Any]] = []
-    bad = 0
-    for index, payload, reason in iter_rows(path):
-        if reason is None and api != "raw":
+    df = request_frame(iter_rows(path), Path(path).name, api)
+    bad = df["read_error"].is_not_null().sum()
+    if bad and warn:
+        warnings.warn(f"{path}: {bad} line(s) cannot be sent; see the read_error column",
+                      stacklevel=2)
+    return df
+
+
+def request_frame(rows: Iterable[Row], name: str, api: str = "chat", *,
+                  check: bool = True) -> pl.DataFrame:
+    """:func:`read_jsonl`'s frame of some rows (``iter_rows``/``rows_of``) of file
+    ``name``. ``check=False``: only lines that are no JSON object have a ``read_error``
+    (the engine judges the rest, as ``llmframe run`` does)."""
+    out: list[dict[str, Any]] = []
+    for index, payload, reason in rows:
+        if reason is None and api != "raw" and check:
             try:
                 prepare(payload, api, system=None, params={})
             except RowError as exc:
-                reason = f"{Path(path).name} line {index + 1}: {exc}"
+                reason = f"{name} line {index + 1}: {exc}"
             else:
                 if not isinstance(payload.get("input"), str):
-                    reason = (f"{Path(path).name} line {index + 1}: a \"messages\" row; "
+                    reason = (f"{name} line {index + 1}: a \"messages\" row; "
                               "df.llm.complete sends the \"input\" text only: send such "
                               "rows with llmframe run or llmframe.run_file")
         text = payload.get("input") if reason is None and isinstance(payload, dict) else None
         text = text if isinstance(text, str) else None
-        rows.append({
+        out.append({
             "index": index, "input": text,
             "request": None if isinstance(payload, NotJson) else dumps(payload).decode(),
             "read_error": reason,
             "raw_line": str(payload) if isinstance(payload, NotJson) else None,
         })
-        bad += reason is not None
-    if bad and warn:
-        warnings.warn(f"{path}: {bad} line(s) cannot be sent; see the read_error column",
-                      stacklevel=2)
-    return pl.DataFrame(rows, schema=_SCHEMA)
+    return pl.DataFrame(out, schema=_SCHEMA)
 
 
 def _result(row: dict[str, Any]) -> Result:
@@ -109,17 +118,23 @@ def write_results(df: pl.DataFrame, save_path: str | os.PathLike[str],
     if "request" not in df.columns:
         df = df.with_columns(pl.when(pl.col("input").is_not_null()).then(
             pl.struct(pl.col("input")).struct.json_encode()).alias("request"))
-    saved = errors = 0
     with FileSink(save_path, errors_path) as sink:  # type: ignore[arg-type]
-        for row in df.iter_rows(named=True):
-            result = _result(row)
-            if api == "raw" and isinstance(result.response, str):
-                result.response = loads(result.response.encode())
-            if result.error is None and result.response is None and not row.get("attempts"):
-                continue  # not sent (a null prompt)
-            sink.write(result)
-            if result.error is None:
-                saved += 1
-            else:
-                errors += 1
+        return write_rows(df, sink, api=api)
+
+
+def write_rows(df: pl.DataFrame, sink: FileSink, *, api: str = "chat") -> tuple[int, int]:
+    """:func:`write_results` into an open sink (the frame has an ``index`` and a
+    ``request`` column)."""
+    saved = errors = 0
+    for row in df.iter_rows(named=True):
+        result = _result(row)
+        if api == "raw" and isinstance(result.response, str):
+            result.response = loads(result.response.encode())
+        if result.error is None and result.response is None and not row.get("attempts"):
+            continue  # not sent (a null prompt)
+        sink.write(result)
+        if result.error is None:
+            saved += 1
+        else:
+            errors += 1
     return saved, errors

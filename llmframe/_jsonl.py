@@ -27,7 +27,7 @@ the text of a line that is not JSON (whose ``request`` is then null).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ._exceptions import InputFileError
 from ._json import loads
 from ._results import Result, Row
 
-__all__ = ["NotJson", "error_record", "iter_rows", "success_record"]
+__all__ = ["NotJson", "error_record", "iter_rows", "rows_of", "success_record"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -74,28 +74,39 @@ def iter_rows(path: str | os.PathLike[str],
     """
     path = Path(path)
     with _open(path) as handle:
-        for index, line in enumerate(handle):
-            if keep is not None and not keep(index):
-                continue
-            if index == 0 and line.startswith(_BOM):
-                line = line[len(_BOM):]
-            stripped = line.strip()
-            if not stripped:
-                continue
-            try:
-                payload = loads(stripped)
-            except orjson.JSONDecodeError as exc:
-                reason = _why_not_json(stripped, exc)
-                text = NotJson(stripped.decode("utf-8", "replace"))
-                yield index, text, f"{path.name} line {index + 1}: {reason}"
-                continue
-            if not isinstance(payload, dict):
-                yield index, payload, (
-                    f"{path.name} line {index + 1}: expected a JSON object, "
-                    f"got {type(payload).__name__}"
-                )
-                continue
-            yield index, payload, None
+        yield from rows_of(handle, path.name, keep=keep)
+
+
+def rows_of(lines: Iterable[bytes], name: str, first: int = 0,
+            keep: Callable[[int], bool] | None = None) -> Iterator[Row]:
+    """:func:`iter_rows` of some lines of file ``name``, the first being line index
+    ``first`` (a part of the file read on its own, by a Ray task say).
+
+    >>> [r[0] for r in rows_of([b'{"input": "a"}\\n', b"\\n", b"[1]\\n"], "f", first=7)]
+    [7, 9]
+    """
+    for index, line in enumerate(lines, first):
+        if keep is not None and not keep(index):
+            continue
+        if index == 0 and line.startswith(_BOM):
+            line = line[len(_BOM):]
+        stripped = line.strip()
+        if not stripped:
+            continue
+        try:
+            payload = loads(stripped)
+        except orjson.JSONDecodeError as exc:
+            reason = _why_not_json(stripped, exc)
+            text = NotJson(stripped.decode("utf-8", "replace"))
+            yield index, text, f"{name} line {index + 1}: {reason}"
+            continue
+        if not isinstance(payload, dict):
+            yield index, payload, (
+                f"{name} line {index + 1}: expected a JSON object, "
+                f"got {type(payload).__name__}"
+            )
+            continue
+        yield index, payload, None
 
 
 def _why_not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:

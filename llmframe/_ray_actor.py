@@ -16,9 +16,11 @@ from typing import Any
 import polars as pl
 
 from ._config import RunConfig
+from ._json import loads
+from ._jsonl import NotJson
 from ._lease import LeaseBook, LeasedPacer, LeasedTokens
 from ._purse import Purse, SharedBudget
-from ._results import NOT_SENT
+from ._results import NOT_SENT, Row
 from ._signals import Board, Signal
 
 __all__ = ["COST", "Completer", "Hub", "Job"]
@@ -73,6 +75,22 @@ class Job:
     out_dir: str | None
     actors: int
     chunk: float  # of the budget, drawn at a time (0: no budget)
+    #: a requests file's lines (``llmframe run --ray``): ``column`` holds each whole line
+    #: as JSON, ``read_error`` why a line cannot be sent; the results go to ``out_dir``
+    #: only, and a batch gives back its counts (``rows``, ``ok``, ``errors``, ``not_sent``)
+    lines: bool = False
+
+
+def _line_rows(df: pl.DataFrame, column: str) -> list[Row]:
+    """A file's lines as rows: each line's own request (as ``llmframe run`` sends it),
+    or its ``read_error``."""
+    rows: list[Row] = []
+    for i, (text, why, raw) in enumerate(df.select(column, "read_error", "raw_line").rows()):
+        if why is not None:
+            rows.append((i, NotJson(raw or "") if text is None else loads(text.encode()), why))
+        else:
+            rows.append((i, loads(text.encode()), None))
+    return rows
 
 
 class Completer:
@@ -112,9 +130,12 @@ class Completer:
         job = self.job
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
-        series = f._prompts(df, job.column)
         out = f._Collected(len(df), job.config.schema)
-        rows = list(f._rows(series, max(len(series), 1), job.config.api))
+        if job.lines:
+            rows = _line_rows(df, job.column)
+        else:
+            series = f._prompts(df, job.column)
+            rows = list(f._rows(series, max(len(series), 1), job.config.api))
         cost: list[float | None] = [None] * len(df)
         for result in self.engine.run(rows):
             if result is not None:
@@ -133,6 +154,12 @@ class Completer:
             # a row the budget left unsent has no result: a rerun sends it
             frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).write_parquet(tmp)
             os.replace(tmp, part)
+        if job.lines:
+            error = frame[job.error]
+            unsent = int((error == NOT_SENT).sum())
+            return pl.DataFrame({"rows": [len(frame)], "ok": [error.null_count()],
+                                 "errors": [len(frame) - error.null_count() - unsent],
+                                 "not_sent": [unsent]}).to_arrow()
         return frame.to_arrow()
 
     def __del__(self) -> None:

@@ -40,10 +40,18 @@ from ._config import RunConfig, run_config
 from ._exceptions import ConfigError
 from ._lease import SLICE
 from ._ray_actor import COST, Completer, Hub, Job
+from ._ray_output import (
+    ROW,
+    done_results,
+    output_dir,
+    same_rows,
+    spent_before,
+    write_manifest,
+)
 
 __all__ = ["complete"]
 
-_ROW = "__llmframe_row"
+_ROW = ROW
 _DRAWS = 50  # an actor draws 1/50 of its share of the budget at a time
 
 
@@ -82,6 +90,20 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
     _check_input(ray, data, column, response_column, error_column, num_cpus)
+    run = plan(ray, config, column, actors=actors, output=output, batch_size=batch_size,
+               max_concurrency=max_concurrency, num_cpus=num_cpus,
+               response_column=response_column, error_column=error_column,
+               metadata=metadata, retry_errors=retry_errors)
+    if isinstance(data, pl.DataFrame):
+        return _complete_frame(run, data)
+    return _complete_dataset(run, data, id_column)
+
+
+def plan(ray: Any, config: RunConfig, column: str, *, actors: int | tuple[int, int],
+         output: str | os.PathLike[str] | None, batch_size: int, max_concurrency: int,
+         num_cpus: float, response_column: str, error_column: str, metadata: bool,
+         retry_errors: bool, lines: bool = False) -> _Map:
+    """The job (checked, its hub started) and how it maps a Dataset."""
     if config.cache:  # the same file for every actor (each node's own disk)
         config = dataclasses.replace(config, cache=Path(config.cache).resolve())
     low, high = _pool_size(actors)
@@ -89,29 +111,24 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"llmframe.ray: {name} must be an integer >= 1, got {value!r}"
             raise ConfigError(msg)
-    out_dir = None if output is None else _output_dir(output)
+    out_dir = None if output is None else output_dir(output)
     if retry_errors and out_dir is None:
         msg = "llmframe.ray: retry_errors=True needs output=DIR (the results to retry)"
         raise ConfigError(msg)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
-    # the job's hub: its rps leases, its budget and the endpoints' signals (pauses,
-    # cooldowns, outs)
+    # the job's hub: its rps/tpm leases, its budget and the endpoints' signals
     hub = ray.remote(num_cpus=0)(Hub).remote(config.rps, config.tpm, config.budget)
     from ._workers import shard_config
 
-    # every actor's share of the limits (endpoints' rps/rpm/tpm/concurrency, tpm); the
-    # job's rps is leased instead
-    # (as many as the pool may grow to: together they never pass the job's)
+    # every actor's share of the other limits (endpoints' own, concurrency), for as many
+    # actors as the pool may grow to: together they never pass the job's
     share = dataclasses.replace(shard_config(config, high), rps=None)
     job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / high),
               math.ceil((config.tpm or 0) / 60 * SLICE / high),
               response_column, error_column, metadata, out_dir, high,
-              (config.budget or 0.0) / (_DRAWS * high))
-    run = _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus, retry_errors)
-    if isinstance(data, pl.DataFrame):
-        return _complete_frame(run, data)
-    return _complete_dataset(run, data, id_column)
+              (config.budget or 0.0) / (_DRAWS * high), lines=lines)
+    return _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus, retry_errors)
 
 
 def _pool_size(actors: Any) -> tuple[int, int]:
@@ -146,90 +163,6 @@ def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
         msg = f"llmframe.ray: num_cpus must be a number >= 0, got {num_cpus!r}"
         raise ConfigError(msg)
-
-
-def _output_dir(output: str | os.PathLike[str]) -> str:
-    path = Path(output).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        msg = f"llmframe.ray: output={str(output)!r} is a file; give a directory"
-        raise ConfigError(msg)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"llmframe.ray: output={str(output)!r}: cannot create it ({exc})"
-        raise ConfigError(msg) from None
-    return str(path)
-
-
-def _manifest(job: Job, key: str) -> None:
-    """``DIR/llmframe.json`` says how the results there were made; a rerun with other
-    options would mix two kinds of rows: refused."""
-    import json
-
-    if job.out_dir is None:
-        return
-    schema = job.config.schema
-    made = {"column": job.column, "key": key, "response_column": job.response,
-            "error_column": job.error, "metadata": job.metadata, "api": job.config.api,
-            "schema": None if schema is None else schema.key}
-    path = Path(job.out_dir) / "llmframe.json"
-    if path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError):
-            before = None
-        if before != made:
-            changed = (", ".join(k for k in made if not before or before.get(k) != made[k])
-                       if isinstance(before, dict) else "unreadable")
-            msg = (f"llmframe.ray: output={job.out_dir!r} holds results made with other "
-                   f"options ({changed}): give another directory, or delete it")
-            raise ConfigError(msg)
-    else:
-        path.write_text(json.dumps(made))
-
-
-def _forget_errors(out_dir: str, error: str) -> None:
-    """``retry_errors``: the rows whose result is an error leave the part files (each
-    rewritten whole or not at all), so the run sends them again."""
-    for part in sorted(Path(out_dir).glob("part-*.parquet")):
-        try:
-            df = pl.read_parquet(part)
-        except Exception:  # reported by _done, with the fix
-            return
-        if error not in df.columns:
-            return
-        keep = df.filter(pl.col(error).is_null())
-        if keep.height == df.height:
-            continue
-        tmp = part.with_suffix(".tmp")
-        keep.write_parquet(tmp)
-        os.replace(tmp, part)
-
-
-def _done(run: _Map, key: str) -> pl.DataFrame | None:
-    """The results already in the job's ``out_dir`` (one per ``key``), or None."""
-    out_dir, job = run.job.out_dir, run.job
-    if out_dir is not None and run.retry_errors:
-        _forget_errors(out_dir, job.error)
-    if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
-        return None
-    try:
-        done = pl.read_parquet(str(Path(out_dir) / "part-*.parquet"))
-    except Exception as exc:  # a foreign or broken file: polars' own error types
-        msg = (f"llmframe.ray: output={out_dir!r}: cannot read its part files ({exc}); "
-               "give another directory, or remove the broken file")
-        raise ConfigError(msg) from None
-    if key not in done.columns:
-        msg = (f"llmframe.ray: output={out_dir!r} holds part files llmframe did not write "
-               f"(no {key!r} column): give another directory")
-        raise ConfigError(msg)
-    if COST not in done.columns:  # written before costs were kept
-        done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias(COST))
-    if key != _ROW:
-        _check_ids(done, key, job)
-    # a block run twice (its actor died after writing it): an answer wins over an error
-    done = done.sort(pl.col(job.error).is_not_null(), maintain_order=True)
-    return done.unique(subset=key, keep="first", maintain_order=True)
 
 
 @dataclasses.dataclass
@@ -288,13 +221,13 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
         if name in df.columns:
             msg = f"the frame already has a column named {name!r}: rename it first"
             raise ConfigError(msg)
-    _manifest(job, _ROW)
+    write_manifest(job, _ROW)
     table = df.with_row_index(_ROW)
-    done = _done(run, _ROW)
+    done = done_results(job, _ROW, run.retry_errors)
     if done is not None:
-        done = _same_rows(done, table, job)
+        done = same_rows(done, table, job)
         table = table.filter(~pl.col(_ROW).is_in(done[_ROW].implode()))
-    _spent_before(job, done)
+    spent_before(job, done)
     parts = [] if done is None else [done]
     if not parts and not table.height:  # an empty frame: its columns, nothing to send
         from .functions import _Collected, _frame_out
@@ -316,14 +249,6 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     return _budget_check(job, out.drop(_ROW))
 
 
-def _spent_before(job: Job, done: pl.DataFrame | None) -> None:
-    """The budget is for the whole job: what the results in ``output=`` cost counts."""
-    if job.chunk and done is not None:
-        import ray
-
-        ray.get(job.hub.spent_before.remote(float(done[COST].sum() or 0.0)))  # before draws
-
-
 def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
     """A run the budget stopped raises BudgetReached with the frame (as df.llm.complete)."""
     from ._exceptions import BudgetReached
@@ -341,44 +266,6 @@ def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
     raise BudgetReached(msg, out, not_sent=not_sent, spent=spent)
 
 
-def _same_rows(done: pl.DataFrame, table: pl.DataFrame, job: Job) -> pl.DataFrame:
-    """The results in ``output`` DIR must be this frame's: same row count at most, and the
-    same prompt at each position; else a ConfigError (another frame's DIR)."""
-    where = f"llmframe.ray: output={job.out_dir!r}"
-    beyond = done.filter(pl.col(_ROW) >= table.height)
-    if beyond.height:
-        msg = (f"{where} holds results for rows up to {int(done[_ROW].max()):,}, but the "
-               f"frame has {table.height:,}: it was written for another frame; give "
-               "another directory, or delete it")
-        raise ConfigError(msg)
-    mine = table.select(_ROW, pl.col(job.column).alias("__now"))
-    joined = done.select(_ROW, job.column).join(mine, on=_ROW, how="left")
-    differ = joined.filter(pl.col(job.column).ne_missing(pl.col("__now")))
-    if differ.height:
-        msg = (f"{where} holds results for other prompts (row {int(differ[_ROW][0])} "
-               "differs): it was written for another frame; give another directory, or "
-               "delete it")
-        raise ConfigError(msg)
-    return done
-
-
-def _check_ids(done: pl.DataFrame, id_column: str, job: Job) -> None:
-    """A rerun matches rows by ``id_column``: a null id, or one id for two prompts, would
-    leave rows out; refused, naming the id."""
-    where = f"llmframe.ray: output={job.out_dir!r}, id_column {id_column!r}"
-    if done[id_column].null_count():
-        msg = (f"{where}: some rows have a null id, so a rerun cannot tell which of them "
-               "have a result; give a column that names each row once")
-        raise ConfigError(msg)
-    twice = done.group_by(id_column).agg(pl.col(job.column).n_unique().alias("n")).filter(
-        pl.col("n") > 1)
-    if twice.height:
-        msg = (f"{where}: the id {twice[id_column][0]!r} names rows with different "
-               "prompts, so a rerun would leave rows out; give a column that names each "
-               "row once")
-        raise ConfigError(msg)
-
-
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     job = run.job
     if job.out_dir is None:
@@ -391,11 +278,11 @@ def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
     if id_column not in names:
         msg = f"llmframe.ray: id_column {id_column!r} not found; the dataset has {names}"
         raise ConfigError(msg)
-    _manifest(job, id_column)
-    done = _done(run, id_column)
+    write_manifest(job, id_column)
+    done = done_results(job, id_column, run.retry_errors)
     if done is None:
         return run(ds).drop_columns([COST])
-    _spent_before(job, done)
+    spent_before(job, done)
     seen = set(done[id_column].to_list())
     todo = ds.filter(lambda row: row[id_column] not in seen)
     return run(todo).union(run.ray.data.from_arrow(done.to_arrow())).drop_columns([COST])

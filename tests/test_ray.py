@@ -340,6 +340,40 @@ def test_dataset_ids_that_do_not_name_one_row_are_refused_on_a_rerun(cluster, mo
                                   output=out_dir, id_column="k")
 
 
+def test_cli_ray_killed_mid_run_resumes_with_each_line_answered_once(cluster, mock_server,
+                                                                     tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_cli import read_jsonl, run_cli
+
+    srv = mock_server(latency=0.1)
+    n = 900
+    req = tmp_path / "req.jsonl"
+    req.write_text("".join(json.dumps({"input": f"k{i}"}) + "\n" for i in range(n)))
+    args = ["run", str(req), "-e", srv.url, "--ray", cluster.address, "--rps", "300"]
+    proc = subprocess.Popen([sys.executable, "-m", "llmframe", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "req.save.jsonl.ray"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-run
+    proc.wait(10)
+    sent = srv.counts["requests"]
+    assert 0 < sent < n, sent
+    time.sleep(1.5)  # the killed driver's actors go with it
+    proc = run_cli(*args, "--resume", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    saved = read_jsonl(tmp_path / "req.save.jsonl")
+    assert sorted(x["index"] for x in saved) == list(range(n))  # each line once
+    assert srv.counts["requests"] < 2 * n
+
+
 def test_review_fixes_reruns_that_do_not_match_and_bad_inputs(cluster, mock_server, tmp_path):
     srv = mock_server()
     url = [srv.url]
