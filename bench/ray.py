@@ -56,8 +56,9 @@ ray.shutdown(); c.shutdown()
 """
 
 
-def _run(name: str, cmd: list[str], latency: float, rps: float, timeout: float) -> dict:
-    ep = Endpoint(latency)
+def _run(name: str, cmd: list[str], latency: float, rps: float, timeout: float,
+         options: tuple[str, ...] = ()) -> dict:
+    ep = Endpoint(latency, options=options)
     try:
         cmd = [c.replace("{url}", ep.url) for c in cmd]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -78,8 +79,11 @@ def _run(name: str, cmd: list[str], latency: float, rps: float, timeout: float) 
     per_second = [counts.get(str(s), 0) for s in range(seconds[0], seconds[-1] + 1)]
     served = stats["counts"].get("requests", 0)
     steady = statistics.median(per_second[2:-2]) if len(per_second) > 4 else 0
+    ok = stats["counts"].get("ok", 0)
     return {"client": name, "served": served, "steady": steady, "busiest": max(per_second),
             "wall": round(wall, 1), "cpu_us": round(cpu / max(served, 1) * 1e6, 1),
+            "ok": ok, "refused": stats["counts"].get("429", 0),
+            "rows_per_s": round(ok / wall, 1) if wall else 0.0,
             "per_second": per_second, "note": out.strip().splitlines()[-1:] if out else []}
 
 
@@ -97,15 +101,7 @@ def main() -> None:
     req = make_requests(tmp / "r.jsonl", n)
     script = tmp / "ray_driver.py"
     script.write_text(RAY_SCRIPT)
-    conc = str(int(args.rps * 1.35))
-    runs = [
-        ("llmframe run (1 process)", [PY, "-m", "llmframe", "run", str(req), "-e", "{url}",
-                                      "--rps", str(args.rps), "--concurrency", conc,
-                                      "--save", str(tmp / "o.jsonl"), "--errors",
-                                      str(tmp / "e.jsonl"), "--no-progress", "--overwrite"]),
-        ("llmframe.ray, 1 node", [PY, str(script), "1", "{url}", str(args.rps), str(req)]),
-        ("llmframe.ray, 2 nodes", [PY, str(script), "2", "{url}", str(args.rps), str(req)]),
-    ]
+    runs = _commands(req, args.rps, script, tmp)
     results = [_run(name, cmd, 1.0, args.rps, 600) for name, cmd in runs]
     print(f"\nllmframe on Ray — {os.cpu_count()} cores (clients, Ray and the endpoint share "
           f"them); 1 s latency, --rps {args.rps:,.0f}, {n:,} rows\n")
@@ -119,9 +115,49 @@ def main() -> None:
     held = all(r["busiest"] <= args.rps for r in results[1:])
     print(f"\nRay: the job-wide rps held in every second (<= {args.rps:,.0f}): "
           f"{'yes' if held else 'NO'}; Ray leases the rate in slices, ~9% under it by design")
+    hostile = _hostile(script, tmp, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray.json").write_text(json.dumps(results, indent=1))
+    (args.out / "ray.json").write_text(json.dumps({"clean": results, "hostile": hostile},
+                                                  indent=1))
 
 
-if __name__ == "__main__":
-    main()
+#: endpoints that behave like a throttling provider: (name, serve-mock options, rps)
+HOSTILE = [
+    ("10% 429s, Retry-After 1 s", ("--fault", "429=0.1", "--retry-after", "1"), 1000),
+    ("provider rpm 30,000 (500/s)", ("--rpm", "30000", "--window", "1"), 1000),
+]
+
+
+def _commands(req: Path, rps: float, script: Path, tmp: Path, nodes: int = 2
+              ) -> list[tuple[str, list[str]]]:
+    """The clients: ``llmframe run`` in one process, then Ray on 1..``nodes`` nodes."""
+    conc = str(int(rps * 1.35))
+    return [
+        ("llmframe run (1 process)", [PY, "-m", "llmframe", "run", str(req), "-e", "{url}",
+                                      "--rps", str(rps), "--concurrency", conc,
+                                      "--save", str(tmp / "o.jsonl"), "--errors",
+                                      str(tmp / "e.jsonl"), "--no-progress", "--overwrite"]),
+        *((f"llmframe.ray, {k} node{'s' * (k > 1)}",
+           [PY, str(script), str(k), "{url}", str(rps), str(req)])
+          for k in range(1, nodes + 1)),
+    ]
+
+
+def _hostile(script: Path, tmp: Path, quick: bool) -> list[dict]:
+    """The single process and Ray on one node against throttling endpoints (0.2 s
+    latency): rows answered per second, and how many requests were refused."""
+    n = 1000 if quick else 10_000
+    req = make_requests(tmp / "hostile.jsonl", n)
+    out = []
+    for scenario, options, rps in HOSTILE:
+        for name, cmd in _commands(req, rps, script, tmp, nodes=1):
+            out.append({"scenario": scenario, **_run(name, cmd, 0.2, rps, 600, options)})
+    print(f"\nthrottling endpoints — 0.2 s latency, {n:,} rows, the client's --rps 1,000\n")
+    head = (f"{'endpoint':<30} {'client':<26} {'rows ok':>8} {'rows/s':>8} {'429s':>7} "
+            f"{'wall s':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in out:
+        print(f"{r['scenario']:<30} {r['client']:<26} {r['ok']:>8,} {r['rows_per_s']:>8,.0f} "
+              f"{r['refused']:>7,} {r['wall']:>7.1f}")
+    return out

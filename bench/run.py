@@ -56,8 +56,9 @@ class Figures:
 class Endpoint:
     """A ``llmframe serve-mock`` process."""
 
-    def __init__(self, latency: float, tls: Path | None = None) -> None:
-        extra = ["--tls-cert", str(tls)] if tls else []
+    def __init__(self, latency: float, tls: Path | None = None,
+                 options: tuple[str, ...] = ()) -> None:
+        extra = [*(["--tls-cert", str(tls)] if tls else []), *options]
         self.proc = subprocess.Popen(
             [PY, "-m", "llmframe", "serve-mock", "--port", "0", "--latency", str(latency),
              *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

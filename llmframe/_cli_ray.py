@@ -97,8 +97,8 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
     saved, failed = write_parts(parts, save, errors, api)
     seconds = time.monotonic() - started
     echo(f"done on Ray: {saved + failed:,} rows in {seconds:.1f} s: {saved:,} ok, "
-         f"{failed:,} errors ({options.get('actors', 2)} actors on {_nodes(parts)} nodes; "
-         f"{counts['rows']:,} rows run now)\n"
+         f"{failed:,} errors ({counts['rows']:,} rows run now, by "
+         f"{options.get('actors', 2)} actors on {counts['nodes']} nodes)\n"
          f"  answers: {save}  ({saved:,} lines)\n  errors:  {errors}  ({failed:,} lines)\n"
          f"  blocks:  {parts}/ (kept for --resume)")
     if counts["not_sent"]:
@@ -122,8 +122,8 @@ def _run(ray: Any, path: Path, parts: Path, endpoints: list[Endpoint],
     actors = options.pop("actors", 2)
     config = run_config(endpoints=endpoints, **options)
     run = plan(ray, config, "request", actors=actors, output=parts, batch_size=256,
-               max_concurrency=4, num_cpus=0.25, response_column="response",
-               error_column="error", metadata=True, retry_errors=retry_errors, lines=True)
+               max_concurrency=8, num_cpus=0.25, response_column="response",
+               error_column="error", metadata=True, retry_errors=retry_errors, lines=path.name)
     write_manifest(run.job, "index")
     if retry_errors:
         forget_errors(str(parts), "error")
@@ -134,15 +134,18 @@ def _run(ray: Any, path: Path, parts: Path, endpoints: list[Endpoint],
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     done = done_lines(parts)
-    counts = {"rows": 0, "ok": 0, "errors": 0, "not_sent": 0}
+    counts = {"rows": 0, "ok": 0, "errors": 0, "not_sent": 0, "nodes": 0}
     if not ranges:  # an empty file
         return counts
+    nodes: set[str] = set()
     with tqdm(total=max(total - len(done), 0), unit="row", disable=None) as bar:
         for batch in run(dataset_of(ray, path, ranges, done, config.api)).iter_batches(
                 batch_format="numpy", batch_size=None):
-            for key in counts:
+            for key in ("rows", "ok", "errors", "not_sent"):
                 counts[key] += int(batch[key].sum())
+            nodes.update(batch["node"].tolist())
             bar.update(int(batch["rows"].sum()))
+    counts["nodes"] = len(nodes)
     return counts
 
 
@@ -156,11 +159,3 @@ def _spent(parts: Path) -> float:
     if not files:
         return 0.0
     return float(pl.scan_parquet(files).select(pl.col(COST).sum()).collect().item() or 0.0)
-
-
-def _nodes(parts: Path) -> int:
-    files = _files(parts)
-    if not files:
-        return 0
-    return int(pl.scan_parquet(files).select(pl.col("node").drop_nulls().n_unique())
-               .collect().item())

@@ -16,9 +16,11 @@ from typing import Any
 import polars as pl
 
 from ._config import RunConfig
+from ._exceptions import ConfigError
 from ._json import loads
 from ._jsonl import NotJson
 from ._lease import LeaseBook, LeasedPacer, LeasedTokens
+from ._protocols import RowError, prepare
 from ._purse import Purse, SharedBudget
 from ._results import NOT_SENT, Row
 from ._signals import Board, Signal
@@ -34,10 +36,16 @@ class Hub:
     endpoints' signals (``swap(news)`` -> the board)."""
 
     def __init__(self, rps: float | None, tpm: float | None, budget: float | None) -> None:
+        import ray
+
         self.book = None if rps is None else LeaseBook(rps)
         self.tokens = None if tpm is None else LeaseBook(tpm / 60)
         self.board = Board()
         self.purse = None if budget is None else Purse(budget)
+        if self.purse is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+            # restarted: what was handed out before is unknown, so nothing more is (the
+            # job stops by the budget rather than risk spending it twice)
+            self.purse.given = budget  # type: ignore[assignment]
 
     def draw(self, amount: float) -> float:
         assert self.purse is not None
@@ -77,20 +85,71 @@ class Job:
     chunk: float  # of the budget, drawn at a time (0: no budget)
     #: a requests file's lines (``llmframe run --ray``): ``column`` holds each whole line
     #: as JSON, ``read_error`` why a line cannot be sent; the results go to ``out_dir``
-    #: only, and a batch gives back its counts (``rows``, ``ok``, ``errors``, ``not_sent``)
-    lines: bool = False
+    #: only, and a batch gives back its counts (``rows``, ``ok``, ``errors``, ``not_sent``,
+    #: ``node``)
+    lines: str | None = None  # the requests file's name
+    done: Any = None  # a rerun's results already in out_dir (an object ref), by id_column
+    id_column: str | None = None
+    #: the endpoints' api_key_env variables as the driver has them (the actors' own
+    #: environment is the cluster's, not the shell's where the job was started)
+    env: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    keep_cost: bool = True  # COST in the rows given back (a DataFrame's budget needs it)
 
 
-def _line_rows(df: pl.DataFrame, column: str) -> list[Row]:
+_AT = "__llmframe_at"  # a row's place in its batch
+
+
+def _line_rows(df: pl.DataFrame, column: str, name: str, config: RunConfig) -> list[Row]:
     """A file's lines as rows: each line's own request (as ``llmframe run`` sends it),
-    or its ``read_error``."""
+    or why it cannot be sent, naming the line."""
     rows: list[Row] = []
-    for i, (text, why, raw) in enumerate(df.select(column, "read_error", "raw_line").rows()):
-        if why is not None:
-            rows.append((i, NotJson(raw or "") if text is None else loads(text.encode()), why))
-        else:
-            rows.append((i, loads(text.encode()), None))
+    lines = df.select(column, "read_error", "raw_line", "index").rows()
+    for i, (text, why, raw, index) in enumerate(lines):
+        payload = NotJson(raw or "") if text is None else loads(text.encode())
+        if why is None:
+            try:
+                prepare(payload, config.api, system=config.system, params=config.params)
+            except RowError as exc:
+                why = f"{name} line {index + 1}: {exc}"
+        rows.append((i, payload, why))
     return rows
+
+
+def _check_batch(df: pl.DataFrame, job: Job) -> None:
+    """What could not be checked before the Dataset ran (its schema was not known)."""
+    from .functions import _METADATA
+
+    if job.column not in df.columns:
+        msg = f"column {job.column!r} not found; the dataset has {', '.join(df.columns)}"
+        raise ConfigError(msg)
+    made = {job.response, job.error, COST, *((*_METADATA, "node") if job.metadata else ())}
+    taken = made & set(df.columns) - ({"index", "request", "read_error", "raw_line"}
+                                      if job.lines else set())
+    if taken:
+        msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: pass "
+               "response_column=/error_column= names that are free, or rename it")
+        raise ConfigError(msg)
+
+
+def _split_done(df: pl.DataFrame, done: pl.DataFrame, job: Job
+                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(rows to send, rows with their stored results)``, each with its place in the
+    batch; a stored row whose prompt is not this row's is refused (another dataset's)."""
+    key = job.id_column
+    assert key is not None
+    df = df.with_row_index(_AT)
+    have = df[key].is_in(done[key].implode())
+    made = done.select(key, *(c for c in done.columns if c not in df.columns))
+    stored = df.filter(have).join(made, on=key, how="left")
+    old = done.select(key, pl.col(job.column).alias("__was"))
+    differ = df.filter(have).join(old, on=key).filter(
+        pl.col(job.column).ne_missing(pl.col("__was")))
+    if differ.height:
+        msg = (f"llmframe.ray: output={job.out_dir!r} holds a result for id "
+               f"{differ[key][0]!r} made for another prompt: it was written for another "
+               "dataset; give another directory, or delete it")
+        raise ConfigError(msg)
+    return df.filter(~have), stored
 
 
 class Completer:
@@ -102,7 +161,9 @@ class Completer:
         from ._live import LiveEngine, Shared
 
         self.job = job
+        os.environ.update(job.env)
         self.node = ray.get_runtime_context().get_node_id()
+        self.done = None if job.done is None else pl.from_arrow(ray.get(job.done))
         hub = job.hub
 
         async def lease(n: int) -> tuple[int, float]:
@@ -125,14 +186,39 @@ class Completer:
             exchange=exchange, share=1 / job.actors))
 
     def __call__(self, batch: Any) -> Any:
-        from . import functions as f
-
         job = self.job
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
+        _check_batch(df, job)
+        stored = None
+        if self.done is not None:  # a rerun over output=DIR: rows with a result keep it
+            df, stored = _split_done(df, self.done, job)
+        frame = self._run(df)
+        if job.out_dir is not None and len(frame):  # this block's results, whole or none
+            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
+            tmp = part.with_suffix(".tmp")
+            # a row the budget left unsent has no result: a rerun sends it
+            frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).drop(
+                _AT, strict=False).write_parquet(tmp)
+            os.replace(tmp, part)
+        if job.lines:
+            error = frame[job.error]
+            unsent = int((error == NOT_SENT).sum())
+            return pl.DataFrame({"rows": [len(frame)], "ok": [error.null_count()],
+                                 "errors": [len(frame) - error.null_count() - unsent],
+                                 "not_sent": [unsent], "node": [self.node]}).to_arrow()
+        if stored is not None:  # back in the batch's order
+            frame = pl.concat([frame, stored], how="diagonal_relaxed").sort(_AT).drop(_AT)
+        return (frame if job.keep_cost else frame.drop(COST)).to_arrow()
+
+    def _run(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Send ``df``'s rows; the frame with their results (and each one's cost)."""
+        from . import functions as f
+
+        job = self.job
         out = f._Collected(len(df), job.config.schema)
         if job.lines:
-            rows = _line_rows(df, job.column)
+            rows = _line_rows(df, job.column, job.lines, job.config)
         else:
             series = f._prompts(df, job.column)
             rows = list(f._rows(series, max(len(series), 1), job.config.api))
@@ -147,20 +233,7 @@ class Completer:
                              metadata=job.metadata)
         if job.metadata:
             frame = frame.with_columns(pl.lit(self.node, dtype=pl.String).alias("node"))
-        frame = frame.with_columns(pl.Series(COST, cost, dtype=pl.Float64))
-        if job.out_dir is not None:  # this block's results, whole or not at all
-            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
-            tmp = part.with_suffix(".tmp")
-            # a row the budget left unsent has no result: a rerun sends it
-            frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).write_parquet(tmp)
-            os.replace(tmp, part)
-        if job.lines:
-            error = frame[job.error]
-            unsent = int((error == NOT_SENT).sum())
-            return pl.DataFrame({"rows": [len(frame)], "ok": [error.null_count()],
-                                 "errors": [len(frame) - error.null_count() - unsent],
-                                 "not_sent": [unsent]}).to_arrow()
-        return frame.to_arrow()
+        return frame.with_columns(pl.Series(COST, cost, dtype=pl.Float64))
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -2,19 +2,18 @@
 
 One Python process tops out around 5k requests/s here (aiohttp's per-request cost); a
 second process uses the second core. Worker k takes the lines whose index % N == k, runs
-the ordinary engine with the rate and concurrency limits split exactly (rps / N each,
-concurrency and per-endpoint limits divided and rounded up), and appends its results to the
-shared save/errors files (whole-line ``O_APPEND`` writes: no line is split, lost or
-duplicated). Workers report counters to the parent, which shows one progress bar and one
-summary. Ctrl-C / SIGTERM in the parent asks every worker to stop and flush; a worker whose
-parent dies stops by itself.
+the ordinary engine with the rate and concurrency limits split (rps / N each,
+concurrency and per-endpoint limits divided and rounded down: together never more), and
+appends its results to the shared save/errors files (whole-line ``O_APPEND`` writes: no
+line is split, lost or duplicated). Workers report counters to the parent, which shows
+one progress bar and one summary. Ctrl-C / SIGTERM in the parent asks every worker to
+stop and flush; a worker whose parent dies stops by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import multiprocessing as mp
 import os
 import signal
@@ -26,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._config import RunConfig
-from ._exceptions import StoreError, WorkerError
+from ._exceptions import ConfigError, StoreError, WorkerError
 from ._files import FileRun, progress_total, run_file_async
 from ._pool import check_network
 from ._results import EndpointStats, RunStats
@@ -38,19 +37,33 @@ __all__ = ["run_sharded", "shard_config"]
 _REPORT_EVERY = 0.25
 
 
-def shard_config(config: RunConfig, n: int) -> RunConfig:
-    """The limits of one of ``n`` workers: together they add up to ``config``'s."""
+def shard_config(config: RunConfig, n: int, what: str = "workers") -> RunConfig:
+    """The limits of one of ``n`` workers: together they never pass ``config``'s (rates
+    divided; in-flight limits divided and rounded down, so each needs at least ``n``).
+
+    >>> from llmframe import RunConfig
+    >>> shard_config(RunConfig(["http://127.0.0.1:1/v1"], concurrency=10), 3).concurrency
+    3
+    """
     def part(value: float | None) -> float | None:
         return None if value is None else value / n
+
+    def each(value: int, name: str) -> int:
+        if value < n:
+            msg = (f"{name}={value} cannot be shared by {n} {what} (each needs at least "
+                   f"one request in flight): raise it to {n}, or use fewer {what}")
+            raise ConfigError(msg)
+        return value // n
 
     endpoints = tuple(
         replace(ep, rps=part(ep.rps), rpm=part(ep.rpm), tpm=part(ep.tpm),
                 max_concurrency=None if ep.max_concurrency is None
-                else math.ceil(ep.max_concurrency / n))
+                else each(ep.max_concurrency, f"endpoint {ep.name}: max_concurrency"))
         for ep in config.endpoints
     )
     return replace(config, endpoints=endpoints, rps=part(config.rps), tpm=part(config.tpm),
-                   budget=part(config.budget), concurrency=math.ceil(config.concurrency / n))
+                   budget=part(config.budget),
+                   concurrency=each(config.concurrency, "concurrency"))
 
 
 class _Shard:
@@ -148,12 +161,12 @@ def _start(run: FileRun, workers: int, grace: float) -> tuple[list[Any], list[Co
     """Start the worker processes, each with the read end of a pipe for its reports."""
     ctx = mp.get_context("spawn")
     check_network(run.config)  # a bad proxy or TLS file: exit 2, nothing started
+    config = shard_config(run.config, workers)  # limits too small to share: the same
     # truncate (or keep, when appending) once, before any worker appends
     for path in (run.save, run.errors):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not run.append:
             path.write_bytes(b"")
-    config = shard_config(run.config, workers)
     procs, conns = [], []
     for k in range(workers):
         parent_end, child_end = ctx.Pipe(duplex=False)

@@ -68,7 +68,7 @@ def _ray() -> Any:
 def complete(data: Any, column: str, *, endpoints: Any = None,
              actors: int | tuple[int, int] = 2,
              output: str | os.PathLike[str] | None = None, id_column: str | None = None,
-             batch_size: int = 256, max_concurrency: int = 4, num_cpus: float = 0.25,
+             batch_size: int = 256, max_concurrency: int = 8, num_cpus: float = 0.25,
              response_column: str = "response", error_column: str = "error",
              metadata: bool = False, retry_errors: bool = False,
              config: RunConfig | None = None, **options: Any) -> Any:
@@ -89,7 +89,7 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
     """
     ray = _ray()
     config = run_config(endpoints=endpoints, config=config, **options)
-    _check_input(ray, data, column, response_column, error_column, num_cpus)
+    _check_input(ray, data, column, response_column, error_column, num_cpus, metadata)
     run = plan(ray, config, column, actors=actors, output=output, batch_size=batch_size,
                max_concurrency=max_concurrency, num_cpus=num_cpus,
                response_column=response_column, error_column=error_column,
@@ -102,7 +102,7 @@ def complete(data: Any, column: str, *, endpoints: Any = None,
 def plan(ray: Any, config: RunConfig, column: str, *, actors: int | tuple[int, int],
          output: str | os.PathLike[str] | None, batch_size: int, max_concurrency: int,
          num_cpus: float, response_column: str, error_column: str, metadata: bool,
-         retry_errors: bool, lines: bool = False) -> _Map:
+         retry_errors: bool, lines: str | None = None) -> _Map:
     """The job (checked, its hub started) and how it maps a Dataset."""
     if config.cache:  # the same file for every actor (each node's own disk)
         config = dataclasses.replace(config, cache=Path(config.cache).resolve())
@@ -117,17 +117,27 @@ def plan(ray: Any, config: RunConfig, column: str, *, actors: int | tuple[int, i
         raise ConfigError(msg)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, or a local one
-    # the job's hub: its rps/tpm leases, its budget and the endpoints' signals
-    hub = ray.remote(num_cpus=0)(Hub).remote(config.rps, config.tpm, config.budget)
+    env = {}
+    for ep in config.endpoints:  # a key that is not set: before anything starts
+        if ep.api_key() is not None:
+            env[ep.api_key_env] = os.environ[ep.api_key_env]  # type: ignore[index]
+    # the job's hub: its rps/tpm leases, its budget and the endpoints' signals; on the
+    # driver's node (whose loss ends the job anyway), restarted if it dies
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    hub = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                     scheduling_strategy=here)(Hub).remote(config.rps, config.tpm,
+                                                           config.budget)
     from ._workers import shard_config
 
     # every actor's share of the other limits (endpoints' own, concurrency), for as many
     # actors as the pool may grow to: together they never pass the job's
-    share = dataclasses.replace(shard_config(config, high), rps=None)
+    share = dataclasses.replace(shard_config(config, high, "actors"), rps=None)
     job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / high),
               math.ceil((config.tpm or 0) / 60 * SLICE / high),
               response_column, error_column, metadata, out_dir, high,
-              (config.budget or 0.0) / (_DRAWS * high), lines=lines)
+              (config.budget or 0.0) / (_DRAWS * high), lines=lines, env=env)
     return _Map(ray, job, (low, high), batch_size, max_concurrency, num_cpus, retry_errors)
 
 
@@ -144,7 +154,7 @@ def _pool_size(actors: Any) -> tuple[int, int]:
 
 
 def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
-                 num_cpus: float) -> None:
+                 num_cpus: float, metadata: bool) -> None:
     """What can be checked before Ray starts anything."""
     if isinstance(data, pl.LazyFrame):
         msg = "llmframe.ray: a LazyFrame: collect() it first (or give a ray.data.Dataset)"
@@ -160,6 +170,14 @@ def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
     if response == error:
         msg = f"llmframe.ray: response_column and error_column are both {response!r}"
         raise ConfigError(msg)
+    from .functions import _METADATA
+
+    ours = {_ROW, COST, *((*_METADATA, "node") if metadata else ())}
+    for name, value in (("response_column", response), ("error_column", error)):
+        if value in ours:
+            msg = (f"llmframe.ray: {name}={value!r} is a column llmframe.ray makes itself; "
+                   "give another name")
+            raise ConfigError(msg)
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or num_cpus < 0:
         msg = f"llmframe.ray: num_cpus must be a number >= 0, got {num_cpus!r}"
         raise ConfigError(msg)
@@ -175,12 +193,20 @@ class _Map:
     num_cpus: float
     retry_errors: bool = False
 
-    def __call__(self, ds: Any) -> Any:
-        schema = ds.schema()
+    def check(self, ds: Any, id_column: str | None = None) -> None:
+        """What can be checked before the Dataset runs: its schema, when known without
+        running it (else each batch is checked by the actors)."""
+        schema = ds.schema(fetch_if_missing=False)
+        if schema is None:
+            return
         names = set(schema.names)
         job = self.job
         if job.column not in names:
             msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
+            raise ConfigError(msg)
+        if id_column is not None and id_column not in names:
+            msg = (f"llmframe.ray: id_column {id_column!r} not found; the dataset has "
+                   f"{', '.join(names)}")
             raise ConfigError(msg)
         from .functions import _METADATA
 
@@ -195,6 +221,8 @@ class _Map:
             msg = (f"the prompt column {job.column!r} must hold strings, got {kind}; cast "
                    "it first")
             raise ConfigError(msg)
+
+    def __call__(self, ds: Any) -> Any:
         import warnings
 
         # several batches at once in each actor: Ray Data runs a plain (not async) class
@@ -206,7 +234,7 @@ class _Map:
         with warnings.catch_warnings():  # Ray 2.5x: actor options as keywords, deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             return ds.map_batches(
-                Completer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
+                Completer, fn_constructor_kwargs={"job": self.job}, batch_format="pyarrow",
                 batch_size=self.batch_size, compute=compute, num_cpus=self.num_cpus,
                 scheduling_strategy="SPREAD")
 
@@ -267,22 +295,23 @@ def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
 
 
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
-    job = run.job
-    if job.out_dir is None:
-        return run(ds).drop_columns([COST])
-    if id_column is None:
+    # the rows' costs stay in DIR (for the budget of a rerun): not a column of the output
+    # (dropped by the actors: a separate step would ask for a whole CPU per task)
+    job = dataclasses.replace(run.job, keep_cost=False)
+    run = dataclasses.replace(run, job=job)
+    if job.out_dir is not None and id_column is None:
         msg = ("llmframe.ray: output= with a Dataset needs id_column= (a column that names "
                "each row, to know on a rerun which rows have a result)")
         raise ConfigError(msg)
-    names = ds.schema().names
-    if id_column not in names:
-        msg = f"llmframe.ray: id_column {id_column!r} not found; the dataset has {names}"
-        raise ConfigError(msg)
+    run.check(ds, id_column)  # before anything is written to DIR
+    if job.out_dir is None:
+        return run(ds)
     write_manifest(job, id_column)
     done = done_results(job, id_column, run.retry_errors)
     if done is None:
-        return run(ds).drop_columns([COST])
+        return run(ds)
     spent_before(job, done)
-    seen = set(done[id_column].to_list())
-    todo = ds.filter(lambda row: row[id_column] not in seen)
-    return run(todo).union(run.ray.data.from_arrow(done.to_arrow())).drop_columns([COST])
+    # each actor gets the stored results: a row that has one keeps it (checked to be
+    # this row's), the others are sent; one pass over the input, in its order
+    job = dataclasses.replace(job, done=run.ray.put(done.to_arrow()), id_column=id_column)
+    return dataclasses.replace(run, job=job)(ds)

@@ -412,3 +412,63 @@ def test_review_fixes_reruns_that_do_not_match_and_bad_inputs(cluster, mock_serv
         llmframe.ray.complete(ds, "q", endpoints=url, output=tmp_path / "e", id_column="nope")
     with pytest.raises(ConfigError, match="must hold strings"):
         llmframe.ray.complete(ds, "k", endpoints=url)
+
+
+def test_outside_review_a_lazy_dataset_is_not_run_before_it_is_consumed(cluster, mock_server,
+                                                                       tmp_path):
+    srv = mock_server()
+    ds = ray.data.from_items([{"q": f"l{i}", "k": i} for i in range(60)])
+    # (user stages ask for a fraction of a CPU too: 1-CPU nodes hold two stages' actors)
+    unknown = ds.map_batches(lambda b: b, batch_format="pyarrow", num_cpus=0.1)  # no schema
+    first = llmframe.ray.complete(unknown, "q", endpoints=[srv.url], actors=2)
+    second = llmframe.ray.complete(
+        first.map_batches(lambda b: b, batch_format="pyarrow", num_cpus=0.1), "response",
+        endpoints=[srv.url], response_column="again", error_column="error2")
+    assert srv.counts["requests"] == 0  # building the chain sends nothing
+    rows = sorted(second.take_all(), key=lambda r: r["k"])
+    assert [r["again"] for r in rows] == [f"echo: echo: l{i}" for i in range(60)]
+    assert srv.counts["requests"] == 120  # each stage once
+    # a rerun over output=DIR keeps the input's rows (a subset, a new column) and
+    # refuses stored results made for other prompts
+    out_dir = tmp_path / "o"
+    llmframe.ray.complete(ds, "q", endpoints=[srv.url], output=out_dir,
+                          id_column="k").materialize()
+    sent = srv.counts["requests"]
+    subset = ds.map_batches(  # a subset, with a new column (on 1-CPU nodes: a fraction)
+        lambda b: pl.from_arrow(b).filter(pl.col("k") < 30).with_columns(
+            extra=pl.col("k") * 2).to_arrow(), batch_format="pyarrow", num_cpus=0.1)
+    rows = llmframe.ray.complete(subset, "q", endpoints=[srv.url], output=out_dir,
+                                 id_column="k").take_all()
+    assert sorted(r["k"] for r in rows) == list(range(30)) and srv.counts["requests"] == sent
+    assert all(r["extra"] == 2 * r["k"] and r["response"] == f"echo: l{r['k']}" for r in rows)
+    other = ray.data.from_items([{"q": f"new{i}", "k": i} for i in range(60)])
+    with pytest.raises(Exception, match="another prompt"):  # raised in an actor: Ray wraps it
+        llmframe.ray.complete(other, "q", endpoints=[srv.url], output=out_dir,
+                              id_column="k").take_all()
+    # a failed call writes nothing to its directory: the corrected call runs
+    typo_dir = tmp_path / "t"
+    with pytest.raises(ConfigError, match="not found"):
+        llmframe.ray.complete(ds, "qq", endpoints=[srv.url], output=typo_dir, id_column="k")
+    assert len(llmframe.ray.complete(ds, "q", endpoints=[srv.url], output=typo_dir,
+                                     id_column="k").take_all()) == 60
+
+
+def test_outside_review_limits_names_and_keys(cluster, mock_server, monkeypatch):
+    srv = mock_server(latency=0.2, require_key="sk-test-cluster-key")
+    df = pl.DataFrame({"q": [f"c{i}" for i in range(80)]})
+    # the key is in the driver's environment only: the actors get it from the job
+    monkeypatch.setenv("LLMFRAME_RAY_TEST_KEY", "sk-test-cluster-key")
+    ep = {"url": srv.url, "api_key_env": "LLMFRAME_RAY_TEST_KEY"}
+    out = llmframe.ray.complete(df, "q", endpoints=[ep], concurrency=4, actors=2,
+                                batch_size=10, metadata=True)
+    assert out["error"].null_count() == 80
+    assert srv.state.max_in_flight <= 4  # the job's concurrency, not 2 x ceil
+    assert "sk-test" not in str(out.to_dicts())
+    for kwargs, match in (({"concurrency": 1, "actors": 3}, "concurrency=1 cannot be"),
+                          ({"response_column": "node", "metadata": True}, "makes itself"),
+                          ({"error_column": "__llmframe_cost"}, "makes itself")):
+        with pytest.raises(ConfigError, match=match):
+            llmframe.ray.complete(df, "q", endpoints=[srv.url], **kwargs)
+    tight = {"url": srv.url, "max_concurrency": 2}
+    with pytest.raises(ConfigError, match="max_concurrency=2 cannot be"):
+        llmframe.ray.complete(df, "q", endpoints=[tight], actors=4)
