@@ -161,3 +161,7 @@ def _hostile(script: Path, tmp: Path, quick: bool) -> list[dict]:
         print(f"{r['scenario']:<30} {r['client']:<26} {r['ok']:>8,} {r['rows_per_s']:>8,.0f} "
               f"{r['refused']:>7,} {r['wall']:>7.1f}")
     return out
+
+
+if __name__ == "__main__":
+    main()
