@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ._purse import Purse, SharedBudget
 from ._results import NOT_SENT, Row
 from ._signals import Board, Signal
 
-__all__ = ["COST", "Completer", "Hub", "Job"]
+__all__ = ["COST", "Completer", "Hub", "Job", "check_names", "own_columns"]
 
 COST = "__llmframe_cost"  # each row's cost (USD), for the job's budget; not shown
 
@@ -115,16 +116,22 @@ def _line_rows(df: pl.DataFrame, column: str, name: str, config: RunConfig) -> l
     return rows
 
 
-def _check_batch(df: pl.DataFrame, job: Job) -> None:
-    """What could not be checked before the Dataset ran (its schema was not known)."""
+def own_columns(metadata: bool) -> set[str]:
+    """The columns llmframe.ray adds to a batch besides the response and error ones."""
     from .functions import _METADATA
 
-    if job.column not in df.columns:
-        msg = f"column {job.column!r} not found; the dataset has {', '.join(df.columns)}"
+    return {COST, *((*_METADATA, "node") if metadata else ())}
+
+
+def check_names(names: Sequence[str], job: Job) -> None:
+    """The prompt column is there and the output columns are free: on the driver when the
+    Dataset's schema is known without running it, else in the actors, batch by batch."""
+    if job.column not in names:
+        msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
         raise ConfigError(msg)
-    made = {job.response, job.error, COST, *((*_METADATA, "node") if job.metadata else ())}
-    taken = made & set(df.columns) - ({"index", "request", "read_error", "raw_line"}
-                                      if job.lines else set())
+    taken = set(names) & {job.response, job.error, *own_columns(job.metadata)}
+    if job.lines:  # a requests file's own columns
+        taken -= {"index", "request", "read_error", "raw_line"}
     if taken:
         msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: pass "
                "response_column=/error_column= names that are free, or rename it")
@@ -189,7 +196,7 @@ class Completer:
         job = self.job
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
-        _check_batch(df, job)
+        check_names(df.columns, job)
         stored = None
         if self.done is not None:  # a rerun over output=DIR: rows with a result keep it
             df, stored = _split_done(df, self.done, job)

@@ -39,7 +39,7 @@ import polars as pl
 from ._config import RunConfig, run_config
 from ._exceptions import ConfigError
 from ._lease import SLICE
-from ._ray_actor import COST, Completer, Hub, Job
+from ._ray_actor import COST, Completer, Hub, Job, check_names, own_columns
 from ._ray_output import (
     ROW,
     done_results,
@@ -170,9 +170,7 @@ def _check_input(ray: Any, data: Any, column: Any, response: str, error: str,
     if response == error:
         msg = f"llmframe.ray: response_column and error_column are both {response!r}"
         raise ConfigError(msg)
-    from .functions import _METADATA
-
-    ours = {_ROW, COST, *((*_METADATA, "node") if metadata else ())}
+    ours = {_ROW, *own_columns(metadata)}
     for name, value in (("response_column", response), ("error_column", error)):
         if value in ours:
             msg = (f"llmframe.ray: {name}={value!r} is a column llmframe.ray makes itself; "
@@ -199,22 +197,11 @@ class _Map:
         schema = ds.schema(fetch_if_missing=False)
         if schema is None:
             return
-        names = set(schema.names)
         job = self.job
-        if job.column not in names:
-            msg = f"column {job.column!r} not found; the dataset has {', '.join(names)}"
-            raise ConfigError(msg)
-        if id_column is not None and id_column not in names:
+        check_names(schema.names, job)
+        if id_column is not None and id_column not in schema.names:
             msg = (f"llmframe.ray: id_column {id_column!r} not found; the dataset has "
-                   f"{', '.join(names)}")
-            raise ConfigError(msg)
-        from .functions import _METADATA
-
-        taken = names & {job.response, job.error, COST, *((*_METADATA, "node") if job.metadata
-                                                     else ())}
-        if taken:
-            msg = (f"the dataset already has a column named {', '.join(sorted(taken))}: "
-                   "pass response_column=/error_column= names that are free, or rename it")
+                   f"{', '.join(schema.names)}")
             raise ConfigError(msg)
         kind = str(schema.types[schema.names.index(job.column)])
         if "string" not in kind and kind != "null":  # string, large_string, string_view

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from llmframe import RunConfig
 from llmframe._live import LiveEngine, Shared
 from llmframe._signals import Board
@@ -50,31 +52,20 @@ def test_an_endpoint_out_for_one_engine_is_out_for_the_other(mock_server):
         two.close()
 
 
-def test_a_paused_endpoint_is_paused_for_the_other_engine(mock_server):
+@pytest.mark.parametrize(("faults", "first", "slot"), [
     # A refuses everything (429, Retry-After 5): once refusals dominate, it is paused
-    a = mock_server(faults={"429": 1.0}, retry_after=5)
+    ({"429": 1.0}, 60, 0),
+    # A answers 500 to everything: broken, it cools down
+    ({"500": 1.0}, 40, 1),
+], ids=["paused", "cooling-down"])
+def test_a_held_endpoint_is_held_for_the_other_engine(mock_server, faults, first, slot):
+    a = mock_server(faults=faults, retry_after=5)
     b = mock_server()
     config = RunConfig([a.url, b.url], max_attempts=10)
     (one, two), board = _engines(config)
     try:
-        _run(one, _rows("x", 60))
-        assert board.signals[0][0] > 0  # A paused, on the board
-        seen = a.counts["requests"]
-        _run(two, _rows("y", 200))
-        assert a.counts["requests"] == seen
-    finally:
-        one.close()
-        two.close()
-
-
-def test_a_broken_endpoint_cools_down_for_the_other_engine(mock_server):
-    a = mock_server(faults={"500": 1.0})
-    b = mock_server()
-    config = RunConfig([a.url, b.url], max_attempts=10)
-    (one, two), board = _engines(config)
-    try:
-        _run(one, _rows("x", 40))
-        assert board.signals[0][1] > 0  # A cooling down, on the board
+        _run(one, _rows("x", first))
+        assert board.signals[0][slot] > 0  # A paused / cooling down, on the board
         seen = a.counts["requests"]
         _run(two, _rows("y", 200))
         assert a.counts["requests"] == seen
