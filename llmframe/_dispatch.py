@@ -175,6 +175,7 @@ class Dispatcher:
         self.retries = RetryQueue(self.wake)
         feed.wake = self.wake
         self.in_flight = 0
+        self.concurrency = config.concurrency  # in flight at most (a Ray actor's: moves)
         self.holding: Job | None = None  # taken from the rows or retries, not yet sent
         self.stopping = False
 
@@ -214,7 +215,6 @@ class Dispatcher:
         return not (self.in_flight or len(self.retries))
 
     async def run(self) -> None:
-        concurrency = self.config.concurrency
         while not self.stopping:
             job = self._next()
             if job is True:
@@ -223,7 +223,7 @@ class Dispatcher:
                 await self._sleep()
                 continue
             self.holding = job
-            while self.in_flight >= concurrency and not self.stopping:
+            while self.in_flight >= self.concurrency and not self.stopping:
                 await self._sleep()
             target = None if self.stopping else await self._target(job)
             if target is None:

@@ -29,11 +29,16 @@ from ._engine import RunControl, stream_results
 from ._meter import Budget
 from ._results import NOT_SENT, Result, Row, RunStats
 from ._runner import new_event_loop
+from ._shares import part
 
 __all__ = ["LiveEngine", "LiveRows", "Shared"]
 
 log = logging.getLogger("llmframe")
-Exchange = Callable[[dict[int, signals.Signal]], Awaitable[dict[int, signals.Signal]]]
+#: ``(news, busy, use) -> (board, share)``: this engine's endpoint signals for the job's
+#: board, and whether it has rows and the part of the limits it has in flight for the
+#: job's shares (``_shares``); the board back, and this engine's share (None: fixed)
+Exchange = Callable[[dict[int, signals.Signal], bool, float],
+                    Awaitable[tuple[dict[int, signals.Signal], float | None]]]
 _SPAN = 1 << 32  # row indexes of one batch: batch number * _SPAN + the row's own index
 
 
@@ -103,7 +108,9 @@ class Shared:
     budget: Budget | None = None  # the job's budget (``_purse.SharedBudget``)
     #: ``async (news) -> board``: trades endpoint signals (``_signals``) every ``PERIOD``
     exchange: Exchange | None = None
-    share: float = 1.0  # this engine's part of the limits learned from rate-limit headers
+    #: this engine's part of the held limits (concurrency, endpoints' max_concurrency and
+    #: rates, learned or set) until the exchange says (or when it cannot be reached)
+    share: float = 1.0
 
 
 class LiveEngine:
@@ -123,7 +130,7 @@ class LiveEngine:
                  on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.config = config
         self.shared = shared or Shared()
-        self._control = _Control(self.shared)
+        self._control = _Control(self.shared, lambda: bool(self._batches))
         self.stats = RunStats()
         self.rows = LiveRows(self.stats)
         self._ended: str | None = None  # why rows given now get no request
@@ -231,10 +238,13 @@ class LiveEngine:
 class _Control(RunControl):
     """Puts the job's limits in place of the run's own, and trades endpoint signals."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, busy: Callable[[], bool]) -> None:
         super().__init__()
         self.shared = shared
         self.exchange = shared.exchange
+        self.busy = busy
+        self.share = shared.share
+        self.applied: float | None = None  # the share the dispatcher runs with
         self.task: asyncio.Task[None] | None = None
         self.board: dict[int, signals.Signal] = {}
         self.offset = 0.0  # wall clock minus the loop's
@@ -259,6 +269,7 @@ class _Control(RunControl):
             loop = asyncio.get_running_loop()
             signals.apply(dispatcher.pool, self.board, loop.time(), self.offset)
             self.task = loop.create_task(self._trade(dispatcher.pool))
+        self._apply_share()
 
     async def _trade(self, pool: Any) -> None:
         """Every ``PERIOD``: tell the board this engine's signals, take the others'."""
@@ -271,14 +282,38 @@ class _Control(RunControl):
     async def _swap(self, news: dict[int, signals.Signal]) -> bool:
         assert self.exchange is not None
         try:
-            self.board = await self.exchange(news)
+            self.board, share = await self.exchange(news, self.busy(), self._use())
         except Exception as exc:  # the board is gone: carry on alone
             if not self.warned:
                 self.warned = True
                 log.warning("llmframe: cannot share endpoint signals (%s: %s)",
                             type(exc).__name__, exc)
             return False
+        if share is not None:
+            self.share = share
+            self._apply_share()
         return True
+
+    def _use(self) -> float:
+        """The part of the job's in-flight limits this engine holds now (0..1)."""
+        d = self._dispatcher
+        if d is None:
+            return 0.0
+        use = d.in_flight / d.config.concurrency
+        for t in d.pool.targets:
+            if t.endpoint.max_concurrency:
+                use = max(use, t.in_flight / t.endpoint.max_concurrency)
+        return use
+
+    def _apply_share(self) -> None:
+        d = self._dispatcher
+        if d is None or self.share == self.applied:
+            return
+        self.applied = self.share
+        d.concurrency = part(d.config.concurrency, self.share)
+        for t in d.pool.targets:
+            t.set_share(self.share)
+        d.wake()
 
     def close(self) -> None:
         if self.task is not None:

@@ -24,6 +24,7 @@ from ._pacer import TokenBucket
 from ._ratelimits import RateLimits
 from ._results import EndpointStats
 from ._retry import over_limit
+from ._shares import part
 from ._structured import Formats
 from ._transport import Transport, open_transport
 
@@ -41,6 +42,7 @@ class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
     __slots__ = (
+        "cap",
         "endpoint",
         "formats",
         "headers",
@@ -88,13 +90,15 @@ class Target:
         max_in_flight = min(endpoint.max_concurrency or 1 << 30, config.concurrency)
         self.health = Health(max_in_flight)
         self.in_flight = 0
+        self.cap = 1 << 30  # in flight at most (this process's part of max_concurrency)
         self.stats = EndpointStats(self.name, endpoint.weight, priced=endpoint.priced)
         # the response_format form it is asked in (structured output only)
         self.formats = Formats(config.schema) if config.schema is not None else None
         self.transport: Transport
 
     def eligible(self, now: float, level: int = 0) -> bool:
-        if self.in_flight >= self.health.allowed(now, level) or now < self.hold_until:
+        if (self.in_flight >= self.health.allowed(now, level) or now < self.hold_until
+                or self.in_flight >= self.cap):
             return False
         if self.tokens is not None and not self.tokens.ready(now):
             return False
@@ -130,6 +134,26 @@ class Target:
             self.stats.note = f"out: no requests left for {wait:,.0f} s (rate-limit headers)"
         elif wait:
             self.hold_until = max(self.hold_until, now + wait)
+
+    def set_share(self, share: float) -> None:
+        """This process's part of the endpoint's limits (its ``max_concurrency``, its
+        rates: set or learned) now: ``llmframe.ray``'s actors' shares follow their work
+        (``_shares``). 0: nothing in flight here (the rates are left as they are)."""
+        ep = self.endpoint
+        if ep.max_concurrency is not None:
+            self.cap = part(ep.max_concurrency, share)
+        if share <= 0:
+            return
+        self.share = share
+        rate = ep.request_rate or self.learned_rpm / 60
+        if rate:
+            self.limiter = _endpoint_limiter(rate * share)
+        tpm = ep.tpm or self.learned_tpm
+        if tpm:  # what is owed stays owed
+            level = self.tokens.level if self.tokens is not None else None
+            self.tokens = TokenBucket(tpm * share / 60)
+            if level is not None:
+                self.tokens.level = min(level, self.tokens.burst)
 
     def _learned(self, what: str) -> None:
         """Say what was learned (the latest value of each limit)."""

@@ -24,6 +24,7 @@ from ._lease import LeaseBook, LeasedPacer, LeasedTokens
 from ._protocols import RowError, prepare
 from ._purse import Purse, SharedBudget
 from ._results import NOT_SENT, Row
+from ._shares import ShareBook
 from ._signals import Board, Signal
 
 __all__ = ["COST", "Completer", "Hub", "Job", "check_names", "own_columns"]
@@ -33,8 +34,9 @@ COST = "__llmframe_cost"  # each row's cost (USD), for the job's budget; not sho
 
 class Hub:
     """What the job's actors share (a Ray actor): the rps and tpm leases (``grant``,
-    ``grant_tokens``: ``want`` -> ``(given, wait)``), the budget (``draw``) and the
-    endpoints' signals (``swap(news)`` -> the board)."""
+    ``grant_tokens``: ``want`` -> ``(given, wait)``), the budget (``draw``), the endpoints'
+    signals and the held limits' shares (``swap(news, who, busy, use)`` -> the board and
+    ``who``'s share)."""
 
     def __init__(self, rps: float | None, tpm: float | None, budget: float | None) -> None:
         import ray
@@ -42,6 +44,7 @@ class Hub:
         self.book = None if rps is None else LeaseBook(rps)
         self.tokens = None if tpm is None else LeaseBook(tpm / 60)
         self.board = Board()
+        self.shares = ShareBook()
         self.purse = None if budget is None else Purse(budget)
         if self.purse is not None and ray.get_runtime_context().was_current_actor_reconstructed:
             # restarted: what was handed out before is unknown, so nothing more is (the
@@ -65,8 +68,9 @@ class Hub:
         assert self.tokens is not None
         return self.tokens.grant(want, time.monotonic())
 
-    def swap(self, news: dict[int, Signal]) -> dict[int, Signal]:
-        return self.board.merge(news)
+    def swap(self, news: dict[int, Signal], who: str, busy: bool, use: float
+             ) -> tuple[dict[int, Signal], float]:
+        return self.board.merge(news), self.shares.ask(who, busy, use, time.monotonic())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +180,11 @@ class Completer:
         async def lease(n: int) -> tuple[int, float]:
             return await hub.grant.remote(n)
 
-        async def exchange(news: dict[int, Signal]) -> dict[int, Signal]:
-            return await hub.swap.remote(news)
+        me = uuid.uuid4().hex
+
+        async def exchange(news: dict[int, Signal], busy: bool, use: float
+                           ) -> tuple[dict[int, Signal], float]:
+            return await hub.swap.remote(news, me, busy, use)
 
         async def draw(amount: float) -> float:
             return await hub.draw.remote(amount)

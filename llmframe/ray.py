@@ -131,9 +131,12 @@ def plan(ray: Any, config: RunConfig, column: str, *, actors: int | tuple[int, i
                                                            config.budget)
     from ._workers import shard_config
 
-    # every actor's share of the other limits (endpoints' own, concurrency), for as many
-    # actors as the pool may grow to: together they never pass the job's
-    share = dataclasses.replace(shard_config(config, high, "actors"), rps=None)
+    # the limits held in flight (concurrency, the endpoints' own) and the endpoints' rates
+    # are shared out by the hub as the actors' work goes (``_shares``); refused now if as
+    # many actors as the pool may grow to cannot each have one request in flight
+    sharded = shard_config(config, high, "actors")
+    share = dataclasses.replace(sharded, rps=None, concurrency=config.concurrency,
+                                endpoints=config.endpoints)
     job = Job(column, share, hub, math.ceil((config.rps or 0) * SLICE / high),
               math.ceil((config.tpm or 0) / 60 * SLICE / high),
               response_column, error_column, metadata, out_dir, high,
@@ -252,7 +255,9 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
     if table.height:
         arrow = table.to_arrow()
         blocks = [arrow.slice(i, run.batch_size) for i in range(0, len(arrow), run.batch_size)]
-        tables = ray.get(run(ray.data.from_arrow(blocks)).to_arrow_refs())
+        # from_blocks: the blocks' metadata read here (from_arrow runs a Ray task per
+        # block for it: ~1.5 s before the first request while a worker starts)
+        tables = ray.get(run(ray.data.from_blocks(blocks)).to_arrow_refs())
         import pyarrow as pa
 
         new = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))

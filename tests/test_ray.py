@@ -24,7 +24,12 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     c.add_node(num_cpus=1)
     ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Ray Data starts sending blocks to the first actor that is up; on a busy machine the
+    # worker node's actor can come up after a short job is over (CI saw every row on one
+    # node). Tests that check where rows ran wait for the whole pool first.
+    context.wait_for_min_actors_s = 120
     yield c
     ray.shutdown()
     c.shutdown()
@@ -472,3 +477,24 @@ def test_outside_review_limits_names_and_keys(cluster, mock_server, monkeypatch)
     tight = {"url": srv.url, "max_concurrency": 2}
     with pytest.raises(ConfigError, match="max_concurrency=2 cannot be"):
         llmframe.ray.complete(df, "q", endpoints=[tight], actors=4)
+
+
+def test_an_actor_with_rows_left_uses_the_whole_jobs_limits(cluster, mock_server):
+    # one batch: one actor has rows, the other none (the tail of a job, where one actor
+    # has finished). It may have the job's whole concurrency in flight and send at the
+    # whole rate learned from the provider's headers, not half of each
+    srv = mock_server(latency=0.1)
+    df = pl.DataFrame({"q": [f"t{i}" for i in range(300)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[srv.url], concurrency=8, actors=2,
+                                batch_size=300)
+    assert out["error"].null_count() == 300
+    assert srv.state.max_in_flight == 8  # a fixed half: 4
+    provider = mock_server(latency=0.02, rpm=12_000, window=1)  # 200/s, said in headers
+    df = pl.DataFrame({"q": [f"u{i}" for i in range(1000)]})
+    out = llmframe.ray.complete(df, "q", endpoints=[provider.url], actors=2,
+                                batch_size=1000, max_attempts=20)
+    assert out["error"].null_count() == 1000
+    per_second = provider.state.per_second
+    seconds = sorted(per_second)
+    counts = [per_second.get(s, 0) for s in range(seconds[0], seconds[-1] + 1)]
+    assert statistics.median(counts[1:-1]) >= 150, counts  # a fixed half: 100/s

@@ -5,22 +5,33 @@ job's hub; the endpoints are the test server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from llmframe import RunConfig
 from llmframe._live import LiveEngine, Shared
+from llmframe._shares import ShareBook
 from llmframe._signals import Board
 
 
-def _engines(config: RunConfig, n: int = 2) -> tuple[list[LiveEngine], Board]:
-    board = Board()
+def _engines(config: RunConfig, n: int = 2, shares: bool = False
+             ) -> tuple[list[LiveEngine], Board]:
+    """``n`` engines trading through one board, as Ray actors through the hub; with
+    ``shares``, their held limits' shares from one ``ShareBook`` (else fixed 1/n)."""
+    board, book, lock = Board(), ShareBook(), threading.Lock()
 
-    async def exchange(news):
-        return board.merge(news)
+    def engine(who: str) -> LiveEngine:
+        async def exchange(news, busy, use):
+            with lock:  # the engines' loops run in their own threads
+                share = book.ask(who, busy, use, time.monotonic()) if shares else None
+                return dict(board.merge(news)), share
 
-    return [LiveEngine(config, Shared(exchange=exchange, share=1 / n)) for _ in range(n)], board
+        return LiveEngine(config, Shared(exchange=exchange, share=1 / n))
+
+    return [engine(str(i)) for i in range(n)], board
 
 
 def _rows(prefix: str, n: int) -> list:
@@ -85,6 +96,29 @@ def test_without_a_board_the_other_engine_finds_out_for_itself(mock_server):
         seen = a.counts["requests"]
         _run(two, _rows("y", 200))
         assert a.counts["requests"] > seen
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize(("shares", "alone"), [(True, 8), (False, 4)],
+                         ids=["shared-by-work", "fixed-half"])
+def test_the_held_limits_follow_the_work(mock_server, shares, alone):
+    # concurrency 8 for the job, two engines: while both have rows they hold at most 8
+    # between them at the server; once one is done, the other may have all 8 in flight
+    # (with fixed halves it keeps 4: the tail of a Ray job at half speed)
+    srv = mock_server(latency=0.05)
+    (one, two), _ = _engines(RunConfig([srv.url], concurrency=8), shares=shares)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            both = [pool.submit(_run, e, _rows(p, 80)) for e, p in ((one, "x"), (two, "y"))]
+            for f in both:
+                f.result()
+        assert srv.state.max_in_flight <= 8
+        time.sleep(0.3)  # one has said it has no rows
+        srv.state.max_in_flight = 0
+        _run(two, _rows("z", 160))
+        assert srv.state.max_in_flight == alone
     finally:
         one.close()
         two.close()

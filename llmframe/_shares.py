@@ -1,0 +1,81 @@
+"""The job's held limits, split between the engines that have work.
+
+In ``llmframe.ray`` the limits a request holds while it is in flight (``concurrency``, an
+endpoint's ``max_concurrency``) and the endpoints' own rates (set, or learned from their
+rate-limit headers) are each engine's ``share`` of the job's. A fixed ``1 / actors`` would
+leave an actor that still has rows at half the limit while the other has finished; so the
+share moves with the work: every ``PERIOD`` (``_signals``) each engine tells the job's
+:class:`ShareBook` whether it has rows and how much of the limits it is using, and gets
+its share back: an equal part for every engine with rows, never more than what the others
+may still be using. So the shares never add up to more than the whole, even while they
+change: an engine's old share counts until it has asked again under its new one, and what
+it has in flight counts until it is done. An engine not heard from for ``TTL`` seconds (it
+died) gives its part back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = ["TTL", "ShareBook", "part"]
+
+TTL = 3.0
+
+
+def part(limit: int, share: float) -> int:
+    """An engine's part of an in-flight ``limit`` (rounded down: together never more).
+
+    >>> part(10, 1 / 3), part(3, 1 / 3), part(10, 0.0)
+    (3, 1, 0)
+    """
+    return math.floor(limit * share + 1e-9)
+
+
+@dataclasses.dataclass
+class _Member:
+    busy: bool = False
+    given: float = 0.0  # the share it was last told
+    held: float = 0.0  # what it may be using until it asks again
+    seen: float = 0.0
+
+
+class ShareBook:
+    """``ask(who, busy, use, now) -> share``; ``use``: the part of the limits ``who`` has
+    in flight now (0..1).
+
+    >>> book = ShareBook()
+    >>> book.ask("a", True, 0.0, now=0.0)   # alone: all of it
+    1.0
+    >>> book.ask("b", True, 0.0, now=0.0)   # a may be using all of it until it asks again
+    0.0
+    >>> book.ask("a", True, 0.9, now=0.1)   # half now, but what it has in flight counts
+    0.5
+    >>> book.ask("b", True, 0.0, now=0.1)
+    0.0
+    >>> book.ask("a", True, 0.5, now=0.2), book.ask("b", True, 0.0, now=0.2)
+    (0.5, 0.5)
+    >>> book.ask("b", False, 0.0, now=0.3), book.ask("a", True, 0.5, now=0.3)  # b is done
+    (0.0, 0.5)
+    >>> book.ask("b", False, 0.0, now=0.4), book.ask("a", True, 0.5, now=0.4)
+    (0.0, 1.0)
+    >>> book.ask("a", True, 1.0, now=4.0), book.ask("c", True, 0.0, now=4.0)  # b died
+    (1.0, 0.0)
+    """
+
+    def __init__(self, ttl: float = TTL) -> None:
+        self.ttl = ttl
+        self.members: dict[str, _Member] = {}
+
+    def ask(self, who: str, busy: bool, use: float, now: float) -> float:
+        members = self.members
+        for gone in [k for k, m in members.items() if now - m.seen > self.ttl]:
+            del members[gone]
+        me = members.setdefault(who, _Member())
+        me.busy, me.seen = busy, now
+        fair = 1.0 / sum(m.busy for m in members.values()) if busy else 0.0
+        others = sum(m.held for k, m in members.items() if k != who)
+        given = max(0.0, min(fair, 1.0 - others))
+        me.held = max(me.given, given, use)  # it runs with its last share until it hears
+        me.given = given
+        return given
