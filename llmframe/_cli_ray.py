@@ -21,6 +21,7 @@ import polars as pl
 from ._cli_common import EXIT_BUDGET, EXIT_OK, EXIT_ROW_ERRORS, UsageProblem
 from ._config import Endpoint
 from ._exceptions import ConfigError
+from ._files import budget_reached
 from ._ray_actor import COST
 from ._ray_file import dataset_of, done_lines, line_ranges, write_parts
 from ._ray_output import forget_errors, write_manifest
@@ -103,9 +104,9 @@ def run_on_ray(path: Path, endpoints: list[Endpoint], options: dict[str, Any], *
          f"  blocks:  {parts}/ (kept for --resume)")
     if counts["not_sent"]:
         spent = _spent(parts)
-        echo(f"llmframe: stopped by the budget (${spent:.4f} spent by the job): "
-             f"{counts['not_sent']:,} rows not sent; rerun with --resume and a larger "
-             "--budget")
+        stopped = budget_reached(counts["not_sent"], spent, None,
+                                 "--resume and a larger --budget")
+        echo(f"llmframe: {stopped} (${spent:.4f} spent by the job)")
         return EXIT_BUDGET
     return EXIT_ROW_ERRORS if failed else EXIT_OK
 

@@ -192,7 +192,9 @@ def run_file(
                "resume=True (--resume) to send the rest")
         raise Interrupted(msg, job.stats) from None
     if job.stats.stopped_by == "budget":
-        raise budget_reached(job.stats, job.stats, "--resume and a larger --budget")
+        stats = job.stats
+        raise budget_reached(stats.not_sent, stats.cost_usd, stats,
+                             "--resume and a larger --budget")
     return job.stats
 
 
@@ -209,8 +211,9 @@ def budget_left(config: RunConfig, spent: float, where: Path,
     return replace(config, budget=max(left, 1e-12))  # nothing fits: stops at once
 
 
-def budget_reached(stats: RunStats, partial: Any, how: str) -> BudgetReached:
+def budget_reached(not_sent: int, spent: float | None, partial: Any, how: str
+                   ) -> BudgetReached:
     """The exception of a run the budget stopped (``how``: how to send the rest)."""
-    msg = f"stopped by the budget: {stats.not_sent:,} rows not sent; rerun with {how}"
-    return BudgetReached(msg, partial, not_sent=stats.not_sent, spent=stats.cost_usd or 0.0)
+    msg = f"stopped by the budget: {not_sent:,} rows not sent; rerun with {how}"
+    return BudgetReached(msg, partial, not_sent=not_sent, spent=spent or 0.0)
 

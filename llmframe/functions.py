@@ -309,7 +309,7 @@ def _check_budget(df: pl.DataFrame, series: pl.Series, out: _Collected, checkpoi
     how = ("the same checkpoint= and a larger budget= (it sends only the rest)" if checkpoint
            else f"a larger budget= on the rows of exc.partial whose error is {_NOT_SENT!r} "
                 "(or pass checkpoint= so that a rerun sends only the rest)")
-    raise budget_reached(out.stats, partial, how)
+    raise budget_reached(out.stats.not_sent, out.stats.cost_usd, partial, how)
 
 
 def recover() -> pl.DataFrame | None:

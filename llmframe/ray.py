@@ -271,7 +271,7 @@ def _complete_frame(run: _Map, df: pl.DataFrame) -> pl.DataFrame:
 
 def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
     """A run the budget stopped raises BudgetReached with the frame (as df.llm.complete)."""
-    from ._exceptions import BudgetReached
+    from ._files import budget_reached
     from ._results import NOT_SENT
 
     not_sent = int((out[job.error] == NOT_SENT).sum())
@@ -282,8 +282,7 @@ def _budget_check(job: Job, out: pl.DataFrame) -> pl.DataFrame:
     how = ("the same output= and a larger budget= (it sends only the rest)"
            if job.out_dir is not None else
            f"a larger budget= on the rows of exc.partial whose error is {NOT_SENT!r}")
-    msg = f"stopped by the budget: {not_sent:,} rows not sent; rerun with {how}"
-    raise BudgetReached(msg, out, not_sent=not_sent, spent=spent)
+    raise budget_reached(not_sent, spent, out, how)
 
 
 def _complete_dataset(run: _Map, ds: Any, id_column: str | None) -> Any:
