@@ -26,6 +26,7 @@ import polars as pl
 
 from ._frame_io import request_frame, write_rows
 from ._jsonl import rows_of
+from ._ray_output import one_per_row
 from ._sinks import FileSink
 
 __all__ = ["dataset_of", "done_lines", "line_ranges", "write_parts"]
@@ -124,19 +125,23 @@ def write_parts(parts: Path, save: Path, errors: Path, api: str) -> tuple[int, i
     return saved, failed
 
 
+_FILE = "__llmframe_file"
+
+
 def _frames(parts: Path) -> Iterator[pl.DataFrame]:
     files = sorted(parts.glob("part-*.parquet"))
     if not files:
         return
-    # a block run twice (its actor died after writing it): each row once
-    twice = (pl.scan_parquet(files).group_by("index").len().filter(pl.col("len") > 1)
-             .select("index").collect()["index"])
-    seen: set[int] = set()
+    # a block run twice (its actor died after writing it): each row once, the copy
+    # one_per_row keeps (only the rows found twice are read whole here)
+    scan = pl.scan_parquet(files, include_file_paths=_FILE)
+    twice = scan.group_by("index").len().filter(pl.col("len") > 1).select("index")
+    kept = one_per_row(scan.join(twice, on="index"), "index", "error").select(
+        "index", _FILE).collect()
     for file in files:
         frame = pl.read_parquet(file)
-        if len(twice):
-            again = frame["index"].is_in(twice.implode()) & frame["index"].is_in(
-                pl.Series(list(seen), dtype=frame["index"].dtype).implode())
-            frame = frame.filter(~again)
-            seen.update(frame.filter(pl.col("index").is_in(twice.implode()))["index"])
+        if kept.height:
+            mine = kept.filter(pl.col(_FILE) == str(file))["index"].implode()
+            frame = frame.filter(~pl.col("index").is_in(kept["index"].implode())
+                                 | pl.col("index").is_in(mine))
         yield frame

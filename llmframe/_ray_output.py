@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from ._exceptions import ConfigError
 from ._ray_actor import COST, Job
 
-__all__ = ["check_ids", "done_results", "forget_errors", "output_dir", "same_rows",
-           "spent_before", "write_manifest"]
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+
+__all__ = ["check_ids", "done_results", "forget_errors", "one_per_row", "output_dir",
+           "same_rows", "spent_before", "write_manifest"]
 
 ROW = "__llmframe_row"  # a DataFrame's row position, the key of its results
 
@@ -102,9 +105,19 @@ def done_results(job: Job, key: str, retry_errors: bool = False) -> pl.DataFrame
         done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias(COST))
     if key != ROW:
         check_ids(done, key, job)
-    # a block run twice (its actor died after writing it): an answer wins over an error
-    done = done.sort(pl.col(job.error).is_not_null(), maintain_order=True)
-    return done.unique(subset=key, keep="first", maintain_order=True)
+    return one_per_row(done, key, job.error)
+
+
+def one_per_row(frame: Frame, key: str, error: str) -> Frame:
+    """A block run twice (its actor died after writing it) has two results per row: an
+    answer wins over an error, else the first.
+
+    >>> f = pl.DataFrame({"i": [0, 1, 0], "error": ["boom", None, None]})
+    >>> one_per_row(f, "i", "error").sort("i").rows()
+    [(0, None), (1, None)]
+    """
+    frame = frame.sort(pl.col(error).is_not_null(), maintain_order=True)
+    return frame.unique(subset=key, keep="first", maintain_order=True)
 
 
 def check_ids(done: pl.DataFrame, id_column: str, job: Job) -> None:
