@@ -105,13 +105,10 @@ def main() -> None:
     results = [_run(name, cmd, 1.0, args.rps, 600) for name, cmd in runs]
     print(f"\nllmframe on Ray — {os.cpu_count()} cores (clients, Ray and the endpoint share "
           f"them); 1 s latency, --rps {args.rps:,.0f}, {n:,} rows\n")
-    head = (f"{'client':<26} {'served':>8} {'steady req/s':>12} {'busiest second':>14} "
-            f"{'wall s':>7} {'machine CPU µs/req':>18}")
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        print(f"{r['client']:<26} {r['served']:>8,} {r['steady']:>12,.0f} "
-              f"{r['busiest']:>14,} {r['wall']:>7.1f} {r['cpu_us']:>18,.1f}")
+    _table(results, [("client", "client", "<26"), ("served", "served", ">8,"),
+                     ("steady req/s", "steady", ">12,.0f"),
+                     ("busiest second", "busiest", ">14,"), ("wall s", "wall", ">7.1f"),
+                     ("machine CPU µs/req", "cpu_us", ">18,.1f")])
     held = all(r["busiest"] <= args.rps for r in results[1:])
     print(f"\nRay: the job-wide rps held in every second (<= {args.rps:,.0f}): "
           f"{'yes' if held else 'NO'}; Ray leases the rate in slices, ~9% under it by design")
@@ -153,14 +150,23 @@ def _hostile(script: Path, tmp: Path, quick: bool) -> list[dict]:
         for name, cmd in _commands(req, rps, script, tmp, nodes=1):
             out.append({"scenario": scenario, **_run(name, cmd, 0.2, rps, 600, options)})
     print(f"\nthrottling endpoints — 0.2 s latency, {n:,} rows, the client's --rps 1,000\n")
-    head = (f"{'endpoint':<30} {'client':<26} {'rows ok':>8} {'rows/s':>8} {'429s':>7} "
-            f"{'wall s':>7}")
+    _table(out, [("endpoint", "scenario", "<30"), ("client", "client", "<26"),
+                 ("rows ok", "ok", ">8,"), ("rows/s", "rows_per_s", ">8,.0f"),
+                 ("429s", "refused", ">7,"), ("wall s", "wall", ">7.1f")])
+    return out
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print ``rows`` under a header; ``columns``: (title, key, format spec), the spec's
+    alignment and width (``<26``, ``>8,``) used for the title too."""
+    def title_spec(spec: str) -> str:
+        return spec[0] + "".join(c for c in spec[1:].split(".")[0] if c.isdigit())
+
+    head = " ".join(f"{title:{title_spec(spec)}}" for title, _, spec in columns)
     print(head)
     print("-" * len(head))
-    for r in out:
-        print(f"{r['scenario']:<30} {r['client']:<26} {r['ok']:>8,} {r['rows_per_s']:>8,.0f} "
-              f"{r['refused']:>7,} {r['wall']:>7.1f}")
-    return out
+    for r in rows:
+        print(" ".join(f"{r[key]:{spec}}" for _, key, spec in columns))
 
 
 if __name__ == "__main__":

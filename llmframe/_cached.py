@@ -121,6 +121,10 @@ class CachedFeed:
         self._broken = False
         self.error: BaseException | None = None  # the dispatcher raises it
 
+    async def flush(self) -> None:
+        """Write the answers the cache holds now (a Ray actor, after each batch)."""
+        await self.cache.flush()
+
     def pop(self) -> Job | None:
         """The next job to send (None: none ready now; ``done`` says whether more come)."""
         ready = self.ready

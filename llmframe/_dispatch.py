@@ -112,7 +112,7 @@ def job_of(row: Row, config: RunConfig, label: Callable[[int], str] | None
 
 class PlainRows:
     """The rows as jobs, read one at a time (without a cache; with one, the rows come
-    through a ``_cached.CachedFeed``, which has the same four members)."""
+    through a ``_cached.CachedFeed``, which has the same members)."""
 
     __slots__ = ("config", "done", "emit", "label", "rows", "stats", "wake")
 
@@ -153,6 +153,9 @@ class PlainRows:
         """Count (and skip) the rows never read."""
         rows, self.rows = self.rows, None
         return 0 if rows is None else sum(1 for _ in rows)
+
+    async def flush(self) -> None:
+        """Nothing is held (a ``CachedFeed`` writes the answers its cache holds)."""
 
 
 class Dispatcher:

@@ -51,6 +51,18 @@ class LeaseBook:
         return given, 0.0
 
 
+Lease = Callable[[int], Awaitable[tuple[int, float]]]
+
+
+async def _lease_once(lease: Lease, want: int) -> int:
+    """One lease: the tokens given; when none, after waiting until some are due (at
+    most a slice, so a lease freed by another process is seen soon)."""
+    tokens, wait = await lease(want)
+    if not tokens:
+        await asyncio.sleep(min(max(wait, 0.001), SLICE))
+    return tokens
+
+
 class LeasedPacer:
     """``await acquire()`` returns when one more request keeps to the shared rate.
     ``lease(want) -> (tokens, wait)`` asks the book (a coroutine: a remote call).
@@ -70,8 +82,7 @@ class LeasedPacer:
 
     __slots__ = ("_lease", "_pending", "expires", "leases", "tokens", "want")
 
-    def __init__(self, lease: Callable[[int], Awaitable[tuple[int, float]]], *,
-                 want: int = 1) -> None:
+    def __init__(self, lease: Lease, *, want: int = 1) -> None:
         self._lease = lease
         self.want = max(1, want)  # tokens asked for at a time (a slice at the full rate)
         self.tokens = 0
@@ -90,15 +101,13 @@ class LeasedPacer:
                 continue
             self._pending = loop.create_future()
             try:
-                tokens, wait = await self._lease(self.want)
+                tokens = await _lease_once(self._lease, self.want)
             finally:
                 pending, self._pending = self._pending, None
                 pending.set_result(None)
             self.leases += 1
             if tokens:
                 self.tokens, self.expires = tokens, loop.time() + SLICE
-            else:
-                await asyncio.sleep(min(max(wait, 0.001), SLICE))
 
 
 class LeasedTokens:
@@ -123,8 +132,7 @@ class LeasedTokens:
 
     __slots__ = ("_lease", "expires", "leases", "level", "want")
 
-    def __init__(self, lease: Callable[[int], Awaitable[tuple[int, float]]], *,
-                 want: int) -> None:
+    def __init__(self, lease: Lease, *, want: int) -> None:
         self._lease = lease
         self.want = max(1, want)
         self.level = 0.0
@@ -149,10 +157,9 @@ class LeasedTokens:
     async def acquire(self, cost: float) -> None:
         loop = asyncio.get_running_loop()
         while not self.try_take(cost, loop.time()):
-            tokens, wait = await self._lease(self.want + max(0, math.ceil(-self.level)))
+            want = self.want + max(0, math.ceil(-self.level))  # and pay the debt
+            tokens = await _lease_once(self._lease, want)
             self.leases += 1
             if tokens:
                 self.level += tokens
                 self.expires = loop.time() + SLICE
-            else:
-                await asyncio.sleep(min(max(wait, 0.001), SLICE))

@@ -218,12 +218,11 @@ class LiveEngine:
     def flush(self) -> None:
         """Write the answers the cache holds (a Ray actor may be ended without a word
         once its last batch is back, so each batch flushes). Thread-safe."""
-        feed = getattr(self._control._dispatcher, "feed", None)
-        client = getattr(feed, "cache", None)
-        if client is None or self._ended is not None:
+        dispatcher = self._control._dispatcher
+        if dispatcher is None or self._ended is not None:
             return
         try:
-            asyncio.run_coroutine_threadsafe(client.flush(), self._loop).result(60)
+            asyncio.run_coroutine_threadsafe(dispatcher.feed.flush(), self._loop).result(60)
         except Exception as exc:  # only a free rerun is lost
             log.warning("llmframe: response cache: could not store answers (%s: %s)",
                         type(exc).__name__, exc)
