@@ -106,7 +106,8 @@ class Shared:
     pacer: Any = None  # ``async acquire()``: the job's rps (``_lease.LeasedPacer``)
     tokens: Any = None  # the job's tpm bucket (``_lease.LeasedTokens``)
     budget: Budget | None = None  # the job's budget (``_purse.SharedBudget``)
-    #: ``async (news) -> board``: trades endpoint signals (``_signals``) every ``PERIOD``
+    #: trades endpoint signals (``_signals``) and the held limits' shares (``_shares``)
+    #: every ``PERIOD``: see ``Exchange``
     exchange: Exchange | None = None
     #: this engine's part of the held limits (concurrency, endpoints' max_concurrency and
     #: rates, learned or set) until the exchange says (or when it cannot be reached)
