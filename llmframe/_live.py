@@ -214,7 +214,10 @@ class LiveEngine:
         tagged = [(number * _SPAN + i, payload, reason) for i, payload, reason in rows]
         with contextlib.suppress(RuntimeError):  # the loop just closed: settled as unsent
             self._loop.call_soon_threadsafe(self.rows.put, tagged)
-        return batch.future.result()
+        results = batch.future.result()
+        if not self._batches:
+            self._control.tell_idle(self._loop)
+        return results
 
     def flush(self) -> None:
         """Write the answers the cache holds (a Ray actor may be ended without a word
@@ -245,6 +248,8 @@ class _Control(RunControl):
         self.busy = busy
         self.share = shared.share
         self.applied: float | None = None  # the share the dispatcher runs with
+        self.swapping = asyncio.Lock()
+        self.booked = False  # the exchange gives shares (else its share is fixed)
         self.task: asyncio.Task[None] | None = None
         self.board: dict[int, signals.Signal] = {}
         self.offset = 0.0  # wall clock minus the loop's
@@ -281,18 +286,35 @@ class _Control(RunControl):
 
     async def _swap(self, news: dict[int, signals.Signal]) -> bool:
         assert self.exchange is not None
-        try:
-            self.board, share = await self.exchange(news, self.busy(), self._use())
-        except Exception as exc:  # the board is gone: carry on alone
-            if not self.warned:
-                self.warned = True
-                log.warning("llmframe: cannot share endpoint signals (%s: %s)",
-                            type(exc).__name__, exc)
-            return False
-        if share is not None:
-            self.share = share
-            self._apply_share()
-        return True
+        async with self.swapping:  # one at a time: the shares come back in order
+            busy = self.busy()
+            if not busy and self.share and self.booked:  # without rows, its share is put
+                self.share = 0.0  # down first (the book counts only what it has in flight)
+                self._apply_share()
+            try:
+                self.board, share = await self.exchange(news, busy, self._use())
+            except Exception as exc:  # the board is gone: carry on alone
+                if not self.warned:
+                    self.warned = True
+                    log.warning("llmframe: cannot share endpoint signals (%s: %s)",
+                                type(exc).__name__, exc)
+                if not self.share:
+                    self.share = self.shared.share
+                    self._apply_share()
+                return False
+            if share is not None:
+                self.share, self.booked = share, True
+                self._apply_share()
+            return True
+
+    def tell_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the job now (from another thread) that this engine has no rows: Ray may
+        end an actor as soon as its last batch is back, before its next exchange, and the
+        share it was last given would count until the book's TTL."""
+        if self.exchange is None:
+            return
+        with contextlib.suppress(Exception):  # closed, or slow: the next exchange says it
+            asyncio.run_coroutine_threadsafe(self._swap({}), loop).result(5)
 
     def _use(self) -> float:
         """The part of the job's in-flight limits this engine holds now (0..1)."""

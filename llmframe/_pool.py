@@ -14,6 +14,8 @@ endpoint is out, :meth:`EndpointPool.out_reason` says why.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiolimiter import AsyncLimiter
 
 from ._balancer import SmoothWeightedRoundRobin
@@ -31,11 +33,17 @@ from ._transport import Transport, open_transport
 __all__ = ["EndpointPool", "Target"]
 
 
-def _endpoint_limiter(rps: float) -> AsyncLimiter:
+def _endpoint_limiter(rps: float, *, spent: bool = False) -> AsyncLimiter:
     """A smooth per-endpoint limiter: a bucket of 1/100 s worth of requests (at least 1),
-    refilled continuously, so no burst of a whole second's budget ever goes out at once."""
+    refilled continuously, so no burst of a whole second's budget ever goes out at once.
+    ``spent``: it replaces one mid-run (a new share), so it starts with its bucket used
+    (a fresh one would give a bucket's worth more at every change)."""
     bucket = max(1.0, rps / 100)
-    return AsyncLimiter(bucket, bucket / rps)
+    limiter = AsyncLimiter(bucket, bucket / rps)
+    if spent:  # aiolimiter's leaky bucket: its level and when it last leaked
+        limiter._level = bucket
+        limiter._last_check = asyncio.get_running_loop().time()
+    return limiter
 
 
 class Target:
@@ -147,7 +155,7 @@ class Target:
         self.share = share
         rate = ep.request_rate or self.learned_rpm / 60
         if rate:
-            self.limiter = _endpoint_limiter(rate * share)
+            self.limiter = _endpoint_limiter(rate * share, spent=True)
         tpm = ep.tpm or self.learned_tpm
         if tpm:  # what is owed stays owed
             level = self.tokens.level if self.tokens is not None else None

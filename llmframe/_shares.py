@@ -8,8 +8,9 @@ share moves with the work: every ``PERIOD`` (``_signals``) each engine tells the
 :class:`ShareBook` whether it has rows and how much of the limits it is using, and gets
 its share back: an equal part for every engine with rows, never more than what the others
 may still be using. So the shares never add up to more than the whole, even while they
-change: an engine's old share counts until it has asked again under its new one, and what
-it has in flight counts until it is done. An engine not heard from for ``TTL`` seconds (it
+change: an engine's old share counts until it has asked again under its new one (an
+engine without rows puts its share down before it asks), and what it has in flight
+counts until it is done. An engine not heard from for ``TTL`` seconds (it
 died) gives its part back.
 """
 
@@ -56,11 +57,15 @@ class ShareBook:
     >>> book.ask("a", True, 0.5, now=0.2), book.ask("b", True, 0.0, now=0.2)
     (0.5, 0.5)
     >>> book.ask("b", False, 0.0, now=0.3), book.ask("a", True, 0.5, now=0.3)  # b is done
-    (0.0, 0.5)
-    >>> book.ask("b", False, 0.0, now=0.4), book.ask("a", True, 0.5, now=0.4)
     (0.0, 1.0)
-    >>> book.ask("a", True, 1.0, now=4.0), book.ask("c", True, 0.0, now=4.0)  # b died
-    (1.0, 0.0)
+    >>> book.ask("b", True, 0.0, now=0.4), book.ask("a", True, 1.0, now=0.4)  # rows again
+    (0.0, 0.5)
+    >>> book.ask("a", True, 0.5, now=0.5), book.ask("b", True, 0.0, now=0.5)
+    (0.5, 0.5)
+    >>> book.ask("a", True, 0.5, now=3.0)   # b is not heard from (dead?) ...
+    0.5
+    >>> book.ask("a", True, 0.5, now=3.6)   # ... for TTL: its part comes back
+    1.0
     """
 
     def __init__(self, ttl: float = TTL) -> None:
@@ -76,6 +81,8 @@ class ShareBook:
         fair = 1.0 / sum(m.busy for m in members.values()) if busy else 0.0
         others = sum(m.held for k, m in members.items() if k != who)
         given = max(0.0, min(fair, 1.0 - others))
-        me.held = max(me.given, given, use)  # it runs with its last share until it hears
+        # with rows, it runs with its last share until it hears; without, it has put its
+        # share down before asking: only what it has in flight counts
+        me.held = max(me.given, given, use) if busy else use
         me.given = given
         return given

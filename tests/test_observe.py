@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from llmframe import RunConfig
 from llmframe._pool import Target
 from llmframe._ratelimits import RateLimits
@@ -59,3 +61,23 @@ def test_a_learned_limit_follows_the_provider_when_it_changes():
     t.observe(RateLimits(limit_tokens=30_000), 0, now=1.0)
     assert t.tokens.rate == 500.0
     assert t.stats.note == "learned tpm 30,000 from its headers"
+
+
+def test_a_new_share_scales_the_endpoints_limits_without_a_burst():
+    # a Ray actor's part of the endpoint's limits moves with the work (_shares)
+    async def main():
+        t = _target(rps=100, tpm=6000, max_concurrency=8)
+        t.set_share(0.5)
+        assert t.limiter.max_rate / t.limiter.time_period == 50.0
+        assert t.tokens.rate == 50.0 and t.cap == 4
+        assert not t.limiter.has_capacity()  # the new limiter starts used: no extra burst
+        await asyncio.sleep(0.03)
+        assert t.limiter.has_capacity()  # and refills at its rate
+        t.set_share(0.0)  # no rows: nothing in flight here, the rates left as they were
+        assert t.cap == 0 and t.tokens.rate == 50.0
+        learned = _target()
+        learned.observe(RateLimits(limit_requests=1200), 0, now=0.0)
+        learned.set_share(0.25)
+        assert learned.limiter.max_rate / learned.limiter.time_period == 5.0
+
+    asyncio.run(main())
