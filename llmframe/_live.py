@@ -210,10 +210,13 @@ class LiveEngine:
                 batch.unsent(self._ended)
                 return batch.future.result()
             number = next(self._numbers)
+            idle = not self._batches
             self._batches[number] = batch
         tagged = [(number * _SPAN + i, payload, reason) for i, payload, reason in rows]
         with contextlib.suppress(RuntimeError):  # the loop just closed: settled as unsent
             self._loop.call_soon_threadsafe(self.rows.put, tagged)
+            if idle:  # ask for a share back now, not at the next exchange
+                self._loop.call_soon_threadsafe(self._control.ask_now)
         results = batch.future.result()
         if not self._batches:
             self._control.tell_idle(self._loop)
@@ -250,6 +253,7 @@ class _Control(RunControl):
         self.applied: float | None = None  # the share the dispatcher runs with
         self.swapping = asyncio.Lock()
         self.booked = False  # the exchange gives shares (else its share is fixed)
+        self.asking: set[asyncio.Task[bool]] = set()
         self.task: asyncio.Task[None] | None = None
         self.board: dict[int, signals.Signal] = {}
         self.offset = 0.0  # wall clock minus the loop's
@@ -306,6 +310,14 @@ class _Control(RunControl):
                 self.share, self.booked = share, True
                 self._apply_share()
             return True
+
+    def ask_now(self) -> None:
+        """On the loop: exchange now (rows came to an engine that had put its share
+        down)."""
+        if self.exchange is not None and self.booked and not self.share:
+            task = asyncio.get_running_loop().create_task(self._swap({}))
+            self.asking.add(task)
+            task.add_done_callback(self.asking.discard)
 
     def tell_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Tell the job now (from another thread) that this engine has no rows: Ray may

@@ -5,6 +5,8 @@ job's hub; the endpoints are the test server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +121,24 @@ def test_the_held_limits_follow_the_work(mock_server, shares, alone):
         srv.state.max_in_flight = 0
         _run(two, _rows("z", 160))
         assert srv.state.max_in_flight == alone
+    finally:
+        one.close()
+        two.close()
+
+
+def test_an_engine_given_rows_after_idling_asks_for_its_share_at_once(mock_server):
+    # an engine without rows has put its share down; rows arriving must not wait for its
+    # next exchange (every PERIOD = 0.1 s): batch after batch, one at a time (as a Ray
+    # actor may get them), the next batch goes out as soon as the last one is back
+    srv = mock_server(latency=0.02)
+    srv.state.record_arrivals = True
+    (one, two), _ = _engines(RunConfig([srv.url], concurrency=8), shares=True)
+    try:
+        for k in range(20):
+            _run(one, _rows(f"b{k}-", 8))
+        starts = sorted(srv.state.arrivals)[::8]  # each batch's first request
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert statistics.median(gaps) < 0.02 + 0.03, gaps  # waiting for PERIOD: ~0.07+
     finally:
         one.close()
         two.close()
