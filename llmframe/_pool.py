@@ -46,6 +46,19 @@ def _endpoint_limiter(rps: float, *, spent: bool = False) -> AsyncLimiter:
     return limiter
 
 
+def part_rate(rate: float, share: float) -> float:
+    """A process's part of an endpoint's rate when processes share it: one request a
+    second less than its share, as a limiter of rate ``r`` lets ``r + 1`` through in
+    some one-second window (one at its start): so the parts together keep to ``rate``
+    (one process per request a second of it; a rate smaller than that is halved).
+
+    >>> round(part_rate(20, 1 / 3), 2), part_rate(20, 1.0), part_rate(1.5, 1.0)
+    (5.67, 19.0, 0.75)
+    """
+    mine = rate * share
+    return max(mine - 1, mine / 2)
+
+
 class Target:
     """Run-time state of one endpoint (loop-bound: built inside the run)."""
 
@@ -155,7 +168,7 @@ class Target:
         self.share = share
         rate = ep.request_rate or self.learned_rpm / 60
         if rate:
-            self.limiter = _endpoint_limiter(rate * share, spent=True)
+            self.limiter = _endpoint_limiter(part_rate(rate, share), spent=True)
         tpm = ep.tpm or self.learned_tpm
         if tpm:  # what is owed stays owed
             level = self.tokens.level if self.tokens is not None else None

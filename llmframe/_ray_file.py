@@ -134,10 +134,10 @@ def _frames(parts: Path) -> Iterator[pl.DataFrame]:
         return
     # a block run twice (its actor died after writing it): each row once, the copy
     # one_per_row keeps (only the rows found twice are read whole here)
-    scan = pl.scan_parquet(files, include_file_paths=_FILE)
-    twice = scan.group_by("index").len().filter(pl.col("len") > 1).select("index")
-    kept = one_per_row(scan.join(twice, on="index"), "index", "error").select(
-        "index", _FILE).collect()
+    scan = pl.scan_parquet(files, include_file_paths=_FILE)  # in the files' order
+    twice = scan.group_by("index").len().filter(pl.col("len") > 1).collect()["index"]
+    copies = scan.filter(pl.col("index").is_in(twice.implode()))  # (a filter keeps order)
+    kept = one_per_row(copies, "index", "error").select("index", _FILE).collect()
     for file in files:
         frame = pl.read_parquet(file)
         if kept.height:

@@ -68,7 +68,8 @@ def test_a_new_share_scales_the_endpoints_limits_without_a_burst():
     async def main():
         t = _target(rps=100, tpm=6000, max_concurrency=8)
         t.set_share(0.5)
-        assert t.limiter.max_rate / t.limiter.time_period == 50.0
+        # a limiter lets its rate + 1 through in some second: each part one a second less
+        assert round(t.limiter.max_rate / t.limiter.time_period, 9) == 49.0
         assert t.tokens.rate == 50.0 and t.cap == 4
         assert not t.limiter.has_capacity()  # the new limiter starts used: no extra burst
         await asyncio.sleep(0.03)
@@ -78,6 +79,6 @@ def test_a_new_share_scales_the_endpoints_limits_without_a_burst():
         learned = _target()
         learned.observe(RateLimits(limit_requests=1200), 0, now=0.0)
         learned.set_share(0.25)
-        assert learned.limiter.max_rate / learned.limiter.time_period == 5.0
+        assert round(learned.limiter.max_rate / learned.limiter.time_period, 9) == 4.0
 
     asyncio.run(main())
