@@ -24,7 +24,7 @@ from ._exceptions import ConfigError
 from ._files import budget_reached
 from ._ray_actor import COST
 from ._ray_file import dataset_of, done_lines, line_ranges, write_parts
-from ._ray_output import forget_errors, write_manifest
+from ._ray_output import forget_errors, part_files, write_manifest
 
 __all__ = ["run_on_ray"]
 
@@ -150,13 +150,9 @@ def _run(ray: Any, path: Path, parts: Path, endpoints: list[Endpoint],
     return counts
 
 
-def _files(parts: Path) -> list[Path]:
-    return sorted(parts.glob("part-*.parquet"))
-
-
 def _spent(parts: Path) -> float:
     """What the results in ``parts`` cost (USD)."""
-    files = _files(parts)
+    files = part_files(parts)
     if not files:
         return 0.0
     return float(pl.scan_parquet(files).select(pl.col(COST).sum()).collect().item() or 0.0)

@@ -26,7 +26,7 @@ from ._pacer import TokenBucket
 from ._ratelimits import RateLimits
 from ._results import EndpointStats
 from ._retry import over_limit
-from ._shares import part
+from ._shares import part, part_rate
 from ._structured import Formats
 from ._transport import Transport, open_transport
 
@@ -44,19 +44,6 @@ def _endpoint_limiter(rps: float, *, spent: bool = False) -> AsyncLimiter:
         limiter._level = bucket
         limiter._last_check = asyncio.get_running_loop().time()
     return limiter
-
-
-def part_rate(rate: float, share: float) -> float:
-    """A process's part of an endpoint's rate when processes share it: one request a
-    second less than its share, as a limiter of rate ``r`` lets ``r + 1`` through in
-    some one-second window (one at its start): so the parts together keep to ``rate``
-    (one process per request a second of it; a rate smaller than that is halved).
-
-    >>> round(part_rate(20, 1 / 3), 2), part_rate(20, 1.0), part_rate(1.5, 1.0)
-    (5.67, 19.0, 0.75)
-    """
-    mine = rate * share
-    return max(mine - 1, mine / 2)
 
 
 class Target:

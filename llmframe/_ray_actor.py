@@ -27,7 +27,7 @@ from ._results import NOT_SENT, Row
 from ._shares import ShareBook
 from ._signals import Board, Signal
 
-__all__ = ["COST", "Completer", "Hub", "Job", "check_names", "own_columns"]
+__all__ = ["COST", "Completer", "Hub", "Job", "check_names", "own_columns", "write_part"]
 
 COST = "__llmframe_cost"  # each row's cost (USD), for the job's budget; not shown
 
@@ -120,6 +120,13 @@ def _line_rows(df: pl.DataFrame, column: str, name: str, config: RunConfig) -> l
     return rows
 
 
+def write_part(frame: pl.DataFrame, path: Path) -> None:
+    """Results to the part file ``path``, whole or not at all (written aside, renamed)."""
+    tmp = path.with_suffix(".tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
 def own_columns(metadata: bool) -> set[str]:
     """The columns llmframe.ray adds to a batch besides the response and error ones."""
     from .functions import _METADATA
@@ -209,12 +216,9 @@ class Completer:
             df, stored = _split_done(df, self.done, job)
         frame = self._run(df)
         if job.out_dir is not None and len(frame):  # this block's results, whole or none
-            part = Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet"
-            tmp = part.with_suffix(".tmp")
             # a row the budget left unsent has no result: a rerun sends it
-            frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).drop(
-                _AT, strict=False).write_parquet(tmp)
-            os.replace(tmp, part)
+            write_part(frame.filter(pl.col(job.error).ne_missing(NOT_SENT)).drop(
+                _AT, strict=False), Path(job.out_dir) / f"part-{uuid.uuid4().hex}.parquet")
         if job.lines:
             error = frame[job.error]
             unsent = int((error == NOT_SENT).sum())

@@ -26,7 +26,7 @@ import polars as pl
 
 from ._frame_io import request_frame, write_rows
 from ._jsonl import rows_of
-from ._ray_output import one_per_row
+from ._ray_output import one_per_row, part_files
 from ._sinks import FileSink
 
 __all__ = ["dataset_of", "done_lines", "line_ranges", "write_parts"]
@@ -69,7 +69,7 @@ def line_ranges(path: Path, size: int = PART_BYTES) -> tuple[list[tuple[int, int
 
 def done_lines(parts: Path) -> np.ndarray:
     """The sorted line indexes that have a result in ``parts`` (``SAVE.ray/``)."""
-    files = sorted(parts.glob("part-*.parquet"))
+    files = part_files(parts)
     if not files:
         return np.zeros(0, dtype=np.int64)
     done = pl.scan_parquet(files).select("index").unique().collect()["index"]
@@ -129,7 +129,7 @@ _FILE = "__llmframe_file"
 
 
 def _frames(parts: Path) -> Iterator[pl.DataFrame]:
-    files = sorted(parts.glob("part-*.parquet"))
+    files = part_files(parts)
     if not files:
         return
     # a block run twice (its actor died after writing it): each row once, the copy

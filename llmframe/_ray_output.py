@@ -18,14 +18,19 @@ from typing import TypeVar
 import polars as pl
 
 from ._exceptions import ConfigError
-from ._ray_actor import COST, Job
+from ._ray_actor import COST, Job, write_part
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 __all__ = ["check_ids", "done_results", "forget_errors", "one_per_row", "output_dir",
-           "same_rows", "spent_before", "write_manifest"]
+           "part_files", "same_rows", "spent_before", "write_manifest"]
 
 ROW = "__llmframe_row"  # a DataFrame's row position, the key of its results
+
+
+def part_files(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The part files of a results directory (``output=DIR``, ``SAVE.ray/``), by name."""
+    return sorted(Path(out_dir).glob("part-*.parquet"))
 
 
 def output_dir(output: str | os.PathLike[str]) -> str:
@@ -69,7 +74,7 @@ def write_manifest(job: Job, key: str) -> None:
 def forget_errors(out_dir: str, error: str) -> None:
     """``retry_errors``: the rows whose result is an error leave the part files (each
     rewritten whole or not at all), so the run sends them again."""
-    for part in sorted(Path(out_dir).glob("part-*.parquet")):
+    for part in part_files(out_dir):
         try:
             df = pl.read_parquet(part)
         except Exception:  # reported by _done, with the fix
@@ -79,9 +84,7 @@ def forget_errors(out_dir: str, error: str) -> None:
         keep = df.filter(pl.col(error).is_null())
         if keep.height == df.height:
             continue
-        tmp = part.with_suffix(".tmp")
-        keep.write_parquet(tmp)
-        os.replace(tmp, part)
+        write_part(keep, part)
 
 
 def done_results(job: Job, key: str, retry_errors: bool = False) -> pl.DataFrame | None:
@@ -89,10 +92,11 @@ def done_results(job: Job, key: str, retry_errors: bool = False) -> pl.DataFrame
     out_dir = job.out_dir
     if out_dir is not None and retry_errors:
         forget_errors(out_dir, job.error)
-    if out_dir is None or not any(Path(out_dir).glob("part-*.parquet")):
+    files = [] if out_dir is None else part_files(out_dir)
+    if not files:
         return None
     try:
-        done = pl.read_parquet(str(Path(out_dir) / "part-*.parquet"))
+        done = pl.read_parquet(files)
     except Exception as exc:  # a foreign or broken file: polars' own error types
         msg = (f"llmframe.ray: output={out_dir!r}: cannot read its part files ({exc}); "
                "give another directory, or remove the broken file")

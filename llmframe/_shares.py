@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["TTL", "ShareBook", "part"]
+__all__ = ["TTL", "ShareBook", "part", "part_rate"]
 
 TTL = 3.0
 
@@ -31,6 +31,19 @@ def part(limit: int, share: float) -> int:
     (3, 1, 0)
     """
     return math.floor(limit * share + 1e-9)
+
+
+def part_rate(rate: float, share: float) -> float:
+    """A process's part of an endpoint's rate when processes share it: one request a
+    second less than its share, as a limiter of rate ``r`` lets ``r + 1`` through in
+    some one-second window (one at its start): so the parts together keep to ``rate``
+    (one process per request a second of it; a rate smaller than that is halved).
+
+    >>> round(part_rate(20, 1 / 3), 2), part_rate(20, 1.0), part_rate(1.5, 1.0)
+    (5.67, 19.0, 0.75)
+    """
+    mine = rate * share
+    return max(mine - 1, mine / 2)
 
 
 @dataclasses.dataclass
